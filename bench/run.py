@@ -1,0 +1,189 @@
+"""Side-by-side benchmarks: pycontainerd and Debian's containerd, the same Go ctr.
+
+Both daemons run at once, each in its own temporary root with its own socket
+(containerd in a private mount namespace with a tmpfs over /run/containerd). Each
+workload runs against both, interleaved round by round so that noise on the shared
+disk hits both alike, and the table shows medians and the ratio
+pycontainerd/containerd (below 1.0 means pycontainerd is faster). Daemon CPU time per
+operation is shown beside wall time, as it is the steadier number on this machine.
+
+Usage: python bench/run.py [--rounds N] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pycontainerd import harness
+
+CTR = shutil.which("ctr") or "ctr"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Target:
+    name: str
+    daemon: harness.Daemon
+
+    def ctr(self, *args: str) -> None:
+        subprocess.run(
+            [CTR, "--address", str(self.daemon.address), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU of the daemon (and its reaped children) so far."""
+        fields = Path(f"/proc/{self.daemon.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime stime cutime cstime are fields 14-17 (1-based); index 11.. after the ')'
+        return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+@dataclass
+class Workload:
+    name: str
+    ops: int  # operations per run, for per-op figures
+    run: Callable[[Target, int], None]  # (target, round number)
+
+
+def _version(t: Target, _: int) -> None:
+    t.ctr("version")
+
+
+def _namespaces(t: Target, rnd: int) -> None:
+    for i in range(1000):
+        name = f"bench-{rnd}-{i}"
+        t.ctr("namespaces", "create", name)
+        t.ctr("namespaces", "rm", name)
+
+
+WORKLOADS = [
+    Workload("ctr version round trip", 1, _version),
+    Workload("1,000 namespace create+delete", 1000, _namespaces),
+]
+ROUNDS = {"ctr version round trip": 30, "1,000 namespace create+delete": 3}
+
+
+def start_containerd(base: Path) -> harness.Daemon:
+    Path("/run/containerd").mkdir(exist_ok=True)
+    root, state, address = base / "root", base / "state", base / "c.sock"
+    config = base / "config.toml"
+    config.write_text('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+    argv = [
+        shutil.which("containerd") or "containerd",
+        "--config",
+        str(config),
+        "--root",
+        str(root),
+        "--state",
+        str(state),
+        "--address",
+        str(address),
+    ]
+    wrapper = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs tmpfs /run/containerd && exec "$@"',
+        "containerd",
+    ]
+    return harness.start(
+        argv, address=address, root=root, state=state, log_path=base / "daemon.log", preexec=wrapper
+    )
+
+
+def start_pycontainerd(base: Path) -> harness.Daemon:
+    root, state, address = base / "root", base / "state", base / "c.sock"
+    return harness.start(
+        harness.pycontainerd_argv(root, state, address, "--log-level", "warn"),
+        address=address,
+        root=root,
+        state=state,
+        log_path=base / "daemon.log",
+    )
+
+
+def measure(
+    w: Workload, targets: list[Target], rounds: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    results: dict[str, tuple[list[float], list[float]]] = {t.name: ([], []) for t in targets}
+    for rnd in range(rounds):
+        order = targets if rnd % 2 == 0 else list(reversed(targets))
+        for t in order:
+            cpu0 = t.cpu_seconds()
+            t0 = time.perf_counter()
+            w.run(t, rnd)
+            wall = time.perf_counter() - t0
+            results[t.name][0].append(wall)
+            results[t.name][1].append(t.cpu_seconds() - cpu0)
+    return results
+
+
+def fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    p.add_argument("--rounds", type=int, help="override the rounds of every workload")
+    p.add_argument("--only", nargs="*", help="substrings of workload names to run")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: run as root (containerd needs it)", file=sys.stderr)
+        return 1
+    workloads = [w for w in WORKLOADS if not args.only or any(o in w.name for o in args.only)]
+    with tempfile.TemporaryDirectory(prefix="pycontainerd-bench-") as tmp:
+        base = Path(tmp)
+        (base / "py").mkdir()
+        (base / "go").mkdir()
+        ours = start_pycontainerd(base / "py")
+        try:
+            theirs = start_containerd(base / "go")
+            try:
+                targets = [Target("pycontainerd", ours), Target("containerd", theirs)]
+                header = (
+                    f"{'workload':34} {'pycontainerd':>13} {'containerd':>13} {'ratio':>7}"
+                    f"   {'cpu/op py':>10} {'cpu/op go':>10} {'cpu ratio':>9}"
+                )
+                print(header)
+                print("-" * len(header))
+                for w in workloads:
+                    res = measure(w, targets, args.rounds or ROUNDS.get(w.name, 5))
+                    py_wall = statistics.median(res["pycontainerd"][0])
+                    go_wall = statistics.median(res["containerd"][0])
+                    py_cpu = statistics.median(res["pycontainerd"][1]) / w.ops
+                    go_cpu = statistics.median(res["containerd"][1]) / w.ops
+                    cpu_ratio = f"{py_cpu / go_cpu:.2f}x" if go_cpu > 0 else "n/a"
+                    print(
+                        f"{w.name:34} {fmt_time(py_wall):>13} {fmt_time(go_wall):>13} "
+                        f"{py_wall / go_wall:>6.2f}x   {fmt_time(py_cpu):>10} "
+                        f"{fmt_time(go_cpu):>10} {cpu_ratio:>9}",
+                        flush=True,
+                    )
+            finally:
+                theirs.stop()
+        finally:
+            ours.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`make demo`: start pycontainerd in a temporary root with its built-in default
+configuration, show the server through Debian's Go `ctr`, and stop it cleanly."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pycontainerd import harness
+
+
+def ctr(daemon: harness.Daemon, *args: str) -> None:
+    cmd = ["ctr", "--address", str(daemon.address), *args]
+    print(f"$ {' '.join(['ctr', *args])}", flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> int:
+    if shutil.which("ctr") is None:
+        print("demo: Debian's `ctr` (package containerd) is not installed", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="pycontainerd-demo-") as tmp:
+        base = Path(tmp)
+        print(f"starting pycontainerd in {base}", flush=True)
+        with harness.pycontainerd(base) as daemon:
+            ctr(daemon, "version")
+            ctr(daemon, "plugins", "ls")
+            ctr(daemon, "namespaces", "create", "demo", "purpose=make-demo")
+            ctr(daemon, "namespaces", "ls")
+            ctr(daemon, "namespaces", "rm", "demo")
+            print("stopping pycontainerd", flush=True)
+        print(f"pycontainerd stopped cleanly (exit status {daemon.proc.returncode})")
+        return 0 if daemon.proc.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generated protobuf packages. Do not edit; run `make protos`."""

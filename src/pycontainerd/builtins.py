@@ -1,0 +1,28 @@
+"""The plugins built into the daemon, in registration order (containerd's builtins.go)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pycontainerd.events import plugin as events_plugin
+from pycontainerd.metadata import plugin as metadata_plugin
+from pycontainerd.plugin import Registration
+from pycontainerd.services.events import plugin as events_service
+from pycontainerd.services.healthcheck import plugin as healthcheck_service
+from pycontainerd.services.introspection import plugin as introspection_service
+from pycontainerd.services.namespaces import plugin as namespaces_service
+from pycontainerd.services.version import plugin as version_service
+
+
+def registrations() -> list[Registration[Any, Any]]:
+    return [
+        metadata_plugin.REGISTRATION,
+        events_plugin.REGISTRATION,
+        introspection_service.LOCAL,
+        namespaces_service.LOCAL,
+        introspection_service.GRPC,
+        events_service.GRPC,
+        healthcheck_service.GRPC,
+        namespaces_service.GRPC,
+        version_service.GRPC,
+    ]

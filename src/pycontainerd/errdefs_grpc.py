@@ -1,0 +1,151 @@
+"""errdefs at the gRPC edge: error kinds to status codes and back, as containerd maps them.
+
+The server side is an interceptor, so service methods never ``try``: it sets the call's
+namespace from the ``containerd-namespace`` header and turns a raised error kind into
+``context.abort(code, message)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from pycontainerd import errdefs, namespaces
+
+logger = logging.getLogger(__name__)
+
+_TO_CODE: tuple[tuple[type[errdefs.ContainerdError], grpc.StatusCode], ...] = (
+    (errdefs.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errdefs.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errdefs.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errdefs.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errdefs.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errdefs.NotImplemented_, grpc.StatusCode.UNIMPLEMENTED),
+)
+
+_FROM_CODE: dict[grpc.StatusCode, type[errdefs.ContainerdError]] = {
+    code: cls for cls, code in _TO_CODE
+}
+
+
+def to_grpc(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message containerd would send for this error."""
+    if isinstance(exc, errdefs.ContainerdError):
+        for cls, code in _TO_CODE:
+            if isinstance(exc, cls):
+                return code, str(exc)
+        return grpc.StatusCode.UNKNOWN, str(exc)
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED, "context canceled"
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded"
+    return grpc.StatusCode.UNKNOWN, str(exc) or type(exc).__name__
+
+
+def from_grpc(err: grpc.aio.AioRpcError | grpc.RpcError) -> errdefs.ContainerdError:
+    """Rebuild the error kind from a status, dropping the kind's own suffix so that
+    ``str()`` of the result reads exactly as the server's message."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = (err.details() if hasattr(err, "details") else "") or ""
+    cls = _FROM_CODE.get(code, errdefs.Unknown)
+    suffix = ": " + cls.kind
+    if details == cls.kind:
+        details = ""
+    elif details.endswith(suffix):
+        details = details[: -len(suffix)]
+    return cls(details)
+
+
+def _namespace_from(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == namespaces.GRPC_HEADER:
+            return str(value)
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    code, message = to_grpc(exc)
+    if code == grpc.StatusCode.UNKNOWN and not isinstance(exc, errdefs.ContainerdError):
+        logger.error("unexpected error in RPC", exc_info=exc)
+    await context.abort(code, message)
+
+
+def _wrap_unary(
+    fn: Callable[[Any, Any], Awaitable[Any]], ns: str | None
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        token = namespaces.set_current(ns)
+        try:
+            return await fn(request, context)
+        except (errdefs.ContainerdError, TimeoutError) as exc:
+            await _abort(context, exc)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            namespaces._current.reset(token)
+
+    return handler
+
+
+def _wrap_stream(
+    fn: Callable[[Any, Any], AsyncIterator[Any]], ns: str | None
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def handler(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        token = namespaces.set_current(ns)
+        try:
+            async for item in fn(request, context):
+                yield item
+        except (errdefs.ContainerdError, TimeoutError) as exc:
+            await _abort(context, exc)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            namespaces._current.reset(token)
+
+    return handler
+
+
+class ContainerdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Sets the namespace context var and maps error kinds to status codes."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        ns = _namespace_from(handler_call_details.invocation_metadata)
+        kwargs: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, ns), **kwargs
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, ns), **kwargs
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, ns), **kwargs
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, ns), **kwargs
+            )
+        return handler

@@ -1,0 +1,2 @@
+"""Events: the exchange that carries containerd's topics between publishers and
+subscribers."""

@@ -1,0 +1,1 @@
+"""Namespaced metadata on SQLite."""

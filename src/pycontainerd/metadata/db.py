@@ -1,0 +1,165 @@
+"""The metadata database: one SQLite file in WAL mode, versioned by migrations.
+
+All access runs on one dedicated thread, so the event loop never blocks on disk and
+no two transactions interleave. A transaction is a plain synchronous callback
+``fn(conn)``: there is no ``await`` inside it, and ``update`` commits it as one unit (or
+rolls it back if it raises). Events are published by callers after the commit.
+
+Schema (version in ``PRAGMA user_version``)::
+
+    namespaces(name PK, created_at)
+      namespace_labels(namespace FK cascade, key, value)
+
+Later capabilities add their tables as new migrations; a migration never edits an
+earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# Each entry moves the schema from version i to i+1.
+MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE namespaces (
+        name TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE namespace_labels (
+        namespace TEXT NOT NULL REFERENCES namespaces(name) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (namespace, key)
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class DB:
+    """The metadata database. Open with ``await DB.open(path)``, close with ``aclose``."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, pool: concurrent.futures.Executor):
+        self.path = path
+        self._conn = conn
+        self._pool = pool
+        self._closed = False
+        # Counts committed updates; the garbage collector's scheduler reads it.
+        self.mutations = 0
+        self._mutation_listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> DB:
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        Raises:
+            sqlite3.DatabaseError: the file is not a database, or is from a newer schema.
+        """
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metadata")
+        loop = asyncio.get_running_loop()
+
+        def connect() -> sqlite3.Connection:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                _migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            conn = await loop.run_in_executor(pool, connect)
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        return cls(path, conn, pool)
+
+    def add_mutation_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the event loop thread after every committed update."""
+        self._mutation_listeners.append(fn)
+
+    async def view(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only transaction."""
+
+        def run() -> T:
+            self._conn.execute("BEGIN")
+            try:
+                return fn(self._conn)
+            finally:
+                self._conn.execute("ROLLBACK")
+
+        return await self._run(run)
+
+    async def update(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction: committed if it returns, rolled back if
+        it raises (the exception propagates). If the caller is cancelled while the
+        transaction runs, the transaction still completes or rolls back on its thread."""
+
+        def run() -> T:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+        result = await self._run(run)
+        self.mutations += 1
+        for listener in self._mutation_listeners:
+            listener()
+        return result
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise RuntimeError("metadata database is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._conn.close)
+        self._pool.shutdown(wait=True)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"metadata schema version {version} is newer than this pycontainerd "
+            f"({SCHEMA_VERSION}); refusing to open it"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[target - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would commit our open transaction first; split instead. The
+    # migration scripts are ours and contain no semicolons inside literals.
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,1 @@
+"""Daemon assembly: plugin initialisation, the gRPC listener, shutdown."""
