@@ -4,25 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from pycontainerd.content import plugin as content_plugin
 from pycontainerd.events import plugin as events_plugin
 from pycontainerd.metadata import plugin as metadata_plugin
 from pycontainerd.plugin import Registration
+from pycontainerd.services.content import plugin as content_service
 from pycontainerd.services.events import plugin as events_service
 from pycontainerd.services.healthcheck import plugin as healthcheck_service
+from pycontainerd.services.images import plugin as images_service
 from pycontainerd.services.introspection import plugin as introspection_service
+from pycontainerd.services.leases import plugin as leases_service
 from pycontainerd.services.namespaces import plugin as namespaces_service
 from pycontainerd.services.version import plugin as version_service
 
 
 def registrations() -> list[Registration[Any, Any]]:
     return [
+        content_plugin.REGISTRATION,
         metadata_plugin.REGISTRATION,
         events_plugin.REGISTRATION,
+        metadata_plugin.SCHEDULER,
         introspection_service.LOCAL,
+        images_service.LOCAL,
+        leases_service.LOCAL,
         namespaces_service.LOCAL,
         introspection_service.GRPC,
+        content_service.GRPC,
         events_service.GRPC,
         healthcheck_service.GRPC,
+        images_service.GRPC,
+        leases_service.GRPC,
         namespaces_service.GRPC,
         version_service.GRPC,
     ]

@@ -59,6 +59,16 @@ class NotImplemented_(ContainerdError):
 
 Unimplemented = NotImplemented_
 
+
+class OutOfRange(ContainerdError):
+    """An offset outside the object (containerd answers these with OUT_OF_RANGE)."""
+
+    kind = "out of range"
+
+    def __str__(self) -> str:  # containerd sends these bare, without a kind suffix
+        return self.message or self.kind
+
+
 ALL_KINDS: tuple[type[ContainerdError], ...] = (
     InvalidArgument,
     NotFound,
@@ -66,5 +76,6 @@ ALL_KINDS: tuple[type[ContainerdError], ...] = (
     FailedPrecondition,
     Unavailable,
     NotImplemented_,
+    OutOfRange,
     Unknown,
 )

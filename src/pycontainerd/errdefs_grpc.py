@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from pycontainerd import errdefs, namespaces
+from pycontainerd import errdefs, leases, namespaces
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ _TO_CODE: tuple[tuple[type[errdefs.ContainerdError], grpc.StatusCode], ...] = (
     (errdefs.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errdefs.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errdefs.NotImplemented_, grpc.StatusCode.UNIMPLEMENTED),
+    (errdefs.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
 )
 
 _FROM_CODE: dict[grpc.StatusCode, type[errdefs.ContainerdError]] = {
@@ -61,11 +62,15 @@ def from_grpc(err: grpc.aio.AioRpcError | grpc.RpcError) -> errdefs.ContainerdEr
     return cls(details)
 
 
-def _namespace_from(metadata: Any) -> str | None:
+def _headers_from(metadata: Any) -> tuple[str | None, str | None]:
+    """The namespace and lease a call carries in its gRPC metadata."""
+    ns = lease = None
     for key, value in metadata or ():
         if key == namespaces.GRPC_HEADER:
-            return str(value)
-    return None
+            ns = str(value)
+        elif key == leases.GRPC_HEADER:
+            lease = str(value)
+    return ns, lease
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
@@ -76,10 +81,11 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 
 
 def _wrap_unary(
-    fn: Callable[[Any, Any], Awaitable[Any]], ns: str | None
+    fn: Callable[[Any, Any], Awaitable[Any]], ns: str | None, lease: str | None
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         token = namespaces.set_current(ns)
+        lease_token = leases.set_current(lease)
         try:
             return await fn(request, context)
         except (errdefs.ContainerdError, TimeoutError) as exc:
@@ -89,18 +95,20 @@ def _wrap_unary(
         except Exception as exc:
             await _abort(context, exc)
         finally:
-            namespaces._current.reset(token)
+            leases.reset(lease_token)
+            namespaces.reset(token)
 
     return handler
 
 
 def _wrap_stream(
-    fn: Callable[[Any, Any], AsyncIterator[Any]], ns: str | None
+    fn: Callable[[Any, Any], AsyncIterator[Any]], ns: str | None, lease: str | None
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         token = namespaces.set_current(ns)
+        lease_token = leases.set_current(lease)
         try:
             async for item in fn(request, context):
                 yield item
@@ -111,7 +119,8 @@ def _wrap_stream(
         except Exception as exc:
             await _abort(context, exc)
         finally:
-            namespaces._current.reset(token)
+            leases.reset(lease_token)
+            namespaces.reset(token)
 
     return handler
 
@@ -127,25 +136,25 @@ class ContainerdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         handler: Any = await continuation(handler_call_details)
         if handler is None:
             return None
-        ns = _namespace_from(handler_call_details.invocation_metadata)
+        ns, lease = _headers_from(handler_call_details.invocation_metadata)
         kwargs: dict[str, Any] = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, ns), **kwargs
+                _wrap_unary(handler.unary_unary, ns, lease), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, ns), **kwargs
+                _wrap_stream(handler.unary_stream, ns, lease), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, ns), **kwargs
+                _wrap_unary(handler.stream_unary, ns, lease), **kwargs
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, ns), **kwargs
+                _wrap_stream(handler.stream_stream, ns, lease), **kwargs
             )
         return handler

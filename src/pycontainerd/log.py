@@ -79,3 +79,5 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
+    # grpc's own debug chatter is not ours to show at our debug level
+    logging.getLogger("grpc").setLevel(max(lvl, logging.WARNING))

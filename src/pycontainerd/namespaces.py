@@ -48,6 +48,10 @@ def set_current(ns: str | None) -> contextvars.Token[str | None]:
     return _current.set(ns)
 
 
+def reset(token: contextvars.Token[str | None]) -> None:
+    _current.reset(token)
+
+
 @contextlib.contextmanager
 def with_namespace(ns: str | None) -> Iterator[None]:
     token = _current.set(ns)

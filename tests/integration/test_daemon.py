@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
@@ -61,10 +62,10 @@ def test_plugins_ls_lists_plugins_in_init_order(ctr: Ctr) -> None:
 
 
 def test_plugins_ls_detailed_and_filtered(ctr: Ctr, daemon: harness.Daemon) -> None:
-    out = ctr("plugins", "ls", "-d", "id==sqlite").stdout
-    assert "Type:          io.containerd.metadata.v1" in out
-    assert "ID:            sqlite" in out
-    assert f"path      {daemon.root}/io.containerd.metadata.v1.sqlite/meta.db" in out
+    out = " ".join(ctr("plugins", "ls", "-d", "id==sqlite").stdout.split())
+    assert "Type: io.containerd.metadata.v1 ID: sqlite" in out
+    assert "Requires: io.containerd.content.v1" in out
+    assert f"path {daemon.root}/io.containerd.metadata.v1.sqlite/meta.db" in out
     assert "io.containerd.grpc.v1" not in out
     bad = ctr("plugins", "ls", "id==", check=False)
     assert bad.returncode != 0 and "invalid argument" in bad.stderr
@@ -122,27 +123,39 @@ def test_namespace_survives_restart(tmp_path: Path) -> None:
         assert ["keep", "k=v"] in _ns_rows(Ctr(d.address))
 
 
-def _read_lines_until(proc: subprocess.Popen[str], want: str, timeout: float) -> list[str]:
-    """Lines from ``proc.stdout`` until one contains ``want`` (or the timeout)."""
-    import time
+def _read_lines_until(proc: subprocess.Popen[bytes], want: str, timeout: float) -> list[str]:
+    """Lines from ``proc.stdout`` until one contains ``want`` (or the timeout).
 
+    Reads the pipe's file descriptor directly: a buffered reader could hold a line that
+    ``select`` would then never report.
+    """
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pending = _PENDING.setdefault(fd, bytearray())
     lines: list[str] = []
     deadline = time.monotonic() + timeout
-    while not any(want in line for line in lines):
+    while True:
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            lines.append(line.decode(errors="replace"))
+            if want in lines[-1]:
+                return lines
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
             raise AssertionError(f"no {want!r} from ctr events; got {lines}")
-        line = proc.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             raise AssertionError(f"ctr events ended; got {lines}")
-        lines.append(line)
-    return lines
+        pending += chunk
+
+
+_PENDING: dict[int, bytearray] = {}
 
 
 def test_ctr_events_receives_namespace_events(ctr: Ctr) -> None:
     events = subprocess.Popen(
-        [str(CTR), "--address", str(ctr.address), "events"], stdout=subprocess.PIPE, text=True
+        [str(CTR), "--address", str(ctr.address), "events"], stdout=subprocess.PIPE
     )
     try:
         # The subscription is in place once a probe event comes through.
@@ -165,6 +178,8 @@ def test_ctr_events_receives_namespace_events(ctr: Ctr) -> None:
     finally:
         events.terminate()
         events.wait(10)
+        assert events.stdout is not None
+        events.stdout.close()
 
 
 def test_events_filter_and_ctr_events_stop_with_daemon(tmp_path: Path) -> None:
@@ -180,7 +195,6 @@ def test_events_filter_and_ctr_events_stop_with_daemon(tmp_path: Path) -> None:
         events = subprocess.Popen(
             [str(CTR), "--address", str(d.address), "events", 'topic=="/namespaces/delete"'],
             stdout=subprocess.PIPE,
-            text=True,
         )
         for i in range(50):
             c("namespaces", "create", f"p{i}")
@@ -199,6 +213,9 @@ def test_events_filter_and_ctr_events_stop_with_daemon(tmp_path: Path) -> None:
         d.kill()
         if events.poll() is None:
             events.kill()
+            events.wait()
+        assert events.stdout is not None
+        events.stdout.close()
 
 
 def test_socket_permissions_and_refusal(tmp_path: Path, daemon: harness.Daemon) -> None:

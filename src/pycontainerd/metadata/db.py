@@ -9,6 +9,16 @@ Schema (version in ``PRAGMA user_version``)::
 
     namespaces(name PK, created_at)
       namespace_labels(namespace FK cascade, key, value)
+    blobs(namespace, digest PK, size, created_at, updated_at, labels JSON)
+    ingests(namespace, ref PK, backend_ref, expected, expected_size, expire_at)
+    images(namespace, name PK, media_type, digest, size, annotations JSON, labels JSON,
+           created_at, updated_at)
+    leases(namespace, id PK, created_at, labels JSON)
+      lease_resources(namespace, lease FK cascade, type, id)
+    sequences(name PK, value)
+
+Objects are keyed by namespace. Blobs and images keep their namespace alive (a
+namespace that holds them cannot be deleted); ingests and leases go with it.
 
 Later capabilities add their tables as new migrations; a migration never edits an
 earlier one.
@@ -19,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -40,9 +49,72 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (namespace, key)
     );
     """,
+    """
+    CREATE TABLE blobs (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (namespace, digest)
+    );
+    CREATE INDEX blobs_by_digest ON blobs(digest);
+    CREATE TABLE ingests (
+        namespace TEXT NOT NULL REFERENCES namespaces(name) ON DELETE CASCADE,
+        ref TEXT NOT NULL,
+        backend_ref TEXT NOT NULL,
+        expected TEXT NOT NULL DEFAULT '',
+        expected_size INTEGER NOT NULL DEFAULT 0,
+        expire_at INTEGER,
+        PRIMARY KEY (namespace, ref)
+    );
+    CREATE TABLE images (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        name TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        annotations TEXT NOT NULL DEFAULT '{}',
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, name)
+    );
+    CREATE TABLE leases (
+        namespace TEXT NOT NULL REFERENCES namespaces(name) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (namespace, id)
+    );
+    CREATE TABLE lease_resources (
+        namespace TEXT NOT NULL,
+        lease TEXT NOT NULL,
+        type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        PRIMARY KEY (namespace, lease, type, id),
+        FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
+    );
+    CREATE TABLE sequences (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def next_sequence(conn: sqlite3.Connection, name: str) -> int:
+    """A counter that only grows, inside the caller's transaction."""
+    conn.execute(
+        "INSERT INTO sequences(name, value) VALUES (?, 1) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+        (name,),
+    )
+    (value,) = conn.execute("SELECT value FROM sequences WHERE name = ?", (name,)).fetchone()
+    return int(value)
 
 
 class DB:
@@ -56,7 +128,7 @@ class DB:
         # Counts committed updates; the garbage collector's scheduler reads it.
         self.mutations = 0
         self._mutation_listeners: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
+        self._deletion_listeners: list[Callable[[], None]] = []
 
     @classmethod
     async def open(cls, path: Path) -> DB:
@@ -91,6 +163,15 @@ class DB:
     def add_mutation_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` on the event loop thread after every committed update."""
         self._mutation_listeners.append(fn)
+
+    def add_deletion_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` whenever a store reports a deletion (see ``deleted``)."""
+        self._deletion_listeners.append(fn)
+
+    def deleted(self) -> None:
+        """Stores call this after committing a deletion that may leave garbage."""
+        for listener in self._deletion_listeners:
+            listener()
 
     async def view(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only transaction."""

@@ -20,7 +20,10 @@ class Namespace:
 # What a namespace can hold, in the order containerd names it in the "must be empty"
 # message: (what to call it, a query counting it). Each capability that stores
 # namespaced objects adds its row here together with its migration.
-_HOLDINGS: tuple[tuple[str, str], ...] = ()
+_HOLDINGS: tuple[tuple[str, str], ...] = (
+    ("images", "SELECT 1 FROM images WHERE namespace = ? LIMIT 1"),
+    ("blobs", "SELECT 1 FROM blobs WHERE namespace = ? LIMIT 1"),
+)
 
 
 def _validate_labels(labels: Mapping[str, str]) -> None:
@@ -80,10 +83,11 @@ def list_all(conn: sqlite3.Connection) -> list[Namespace]:
 
 
 def set_label(conn: sqlite3.Connection, name: str, key: str, value: str) -> None:
-    """Set (or, with an empty value, remove) one label. Raises NotFound, InvalidArgument."""
+    """Set (or, with an empty value, remove) one label; as in containerd, this creates
+    a missing namespace. Raises InvalidArgument."""
     _validate_labels({key: value})
-    if not exists(conn, name):
-        raise NotFound(f"namespace {identifiers.go_quote(name)}")
+    identifiers.validate(name)
+    ensure(conn, name)
     if value:
         conn.execute(
             "INSERT INTO namespace_labels(namespace, key, value) VALUES (?, ?, ?) "
@@ -95,9 +99,10 @@ def set_label(conn: sqlite3.Connection, name: str, key: str, value: str) -> None
 
 
 def replace_labels(conn: sqlite3.Connection, name: str, labels: Mapping[str, str]) -> None:
+    """Replace all labels (creating a missing namespace, as set_label does)."""
     _validate_labels(labels)
-    if not exists(conn, name):
-        raise NotFound(f"namespace {identifiers.go_quote(name)}")
+    identifiers.validate(name)
+    ensure(conn, name)
     conn.execute("DELETE FROM namespace_labels WHERE namespace = ?", (name,))
     conn.executemany(
         "INSERT INTO namespace_labels(namespace, key, value) VALUES (?, ?, ?)",

@@ -1,25 +1,68 @@
-"""The metadata plugin: the SQLite database every namespaced store lives in."""
+"""The metadata plugin (the SQLite database and the namespaced stores over the
+backends) and the garbage collection scheduler."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pycontainerd.errdefs import InvalidArgument
+from pycontainerd.metadata.content import ContentStore
 from pycontainerd.metadata.db import DB
+from pycontainerd.metadata.gc import Collector
+from pycontainerd.metadata.scheduler import Scheduler, SchedulerConfig
 from pycontainerd.plugin import InitContext, PluginType, Registration
 
 
 @dataclass(frozen=True, kw_only=True)
 class MetadataConfig:
-    pass
+    # "shared": a blob on disk in one namespace can be claimed by another without the
+    # bytes being sent again; "isolated": every namespace must send every byte.
+    content_sharing_policy: str = "shared"
 
 
-async def _init(ic: InitContext[MetadataConfig]) -> DB:
+class Metadata:
+    """What the metadata plugin provides: the database and the namespaced stores."""
+
+    def __init__(self, db: DB, content: ContentStore) -> None:
+        self.db = db
+        self.content = content
+
+    async def aclose(self) -> None:
+        await self.db.aclose()
+
+
+async def _init(ic: InitContext[MetadataConfig]) -> Metadata:
+    policy = ic.config.content_sharing_policy
+    if policy not in ("shared", "isolated"):
+        raise InvalidArgument(f'content_sharing_policy {policy!r}: must be "shared" or "isolated"')
+    backend = ic.get(PluginType.CONTENT)
     ic.root.mkdir(parents=True, exist_ok=True, mode=0o711)
     path = ic.root / "meta.db"
     ic.meta.exports["path"] = str(path)
-    return await DB.open(path)
+    db = await DB.open(path)
+    return Metadata(db, ContentStore(db, backend, shared=policy == "shared"))
 
 
 REGISTRATION = Registration(
-    type=PluginType.METADATA, id="sqlite", init=_init, config=MetadataConfig()
+    type=PluginType.METADATA,
+    id="sqlite",
+    init=_init,
+    requires=(PluginType.CONTENT,),
+    config=MetadataConfig(),
+)
+
+
+async def _init_scheduler(ic: InitContext[SchedulerConfig]) -> Scheduler:
+    md = ic.typed(PluginType.METADATA, Metadata)
+    scheduler = Scheduler(md.db, Collector(md.db, md.content), ic.config)
+    scheduler.start()
+    return scheduler
+
+
+SCHEDULER = Registration(
+    type=PluginType.GC,
+    id="scheduler",
+    init=_init_scheduler,
+    requires=(PluginType.METADATA,),
+    config=SchedulerConfig(),
 )

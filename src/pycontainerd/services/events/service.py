@@ -19,7 +19,9 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 def envelope_to_pb(env: Envelope) -> event_pb2.Envelope:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(env.timestamp_ns)
-    return event_pb2.Envelope(timestamp=ts, namespace=env.namespace, topic=env.topic, event=env.event)
+    return event_pb2.Envelope(
+        timestamp=ts, namespace=env.namespace, topic=env.topic, event=env.event
+    )
 
 
 def envelope_from_pb(env: event_pb2.Envelope) -> Envelope:

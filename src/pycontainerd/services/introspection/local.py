@@ -34,7 +34,10 @@ class IntrospectionLocal:
         flt = filters.parse_all(filter_strings)
         out = []
         for p in self._plugins:
-            fields: dict[tuple[str, ...], str] = {("type",): str(p.registration.type), ("id",): p.registration.id}
+            fields: dict[tuple[str, ...], str] = {
+                ("type",): str(p.registration.type),
+                ("id",): p.registration.id,
+            }
 
             def field(
                 path: tuple[str, ...], fields: dict[tuple[str, ...], str] = fields

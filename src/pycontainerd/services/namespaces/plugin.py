@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 from pycontainerd.events.exchange import Exchange
-from pycontainerd.metadata.db import DB
+from pycontainerd.metadata.plugin import Metadata
 from pycontainerd.plugin import InitContext, PluginType, Registration
 from pycontainerd.services.namespaces.local import NamespacesLocal
 from pycontainerd.services.namespaces.service import NamespacesService
 
 
 async def _init_local(ic: InitContext[None]) -> NamespacesLocal:
-    return NamespacesLocal(ic.typed(PluginType.METADATA, DB), ic.typed(PluginType.EVENT, Exchange))
+    return NamespacesLocal(
+        ic.typed(PluginType.METADATA, Metadata).db, ic.typed(PluginType.EVENT, Exchange)
+    )
 
 
 async def _init_grpc(ic: InitContext[None]) -> NamespacesService:

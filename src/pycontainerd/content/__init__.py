@@ -1,0 +1,1 @@
+"""Content: blobs addressed by digest, and the ingests that write them."""

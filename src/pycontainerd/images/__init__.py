@@ -1,0 +1,1 @@
+"""Images: manifests, media types, and image archives."""

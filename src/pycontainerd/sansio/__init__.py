@@ -1,0 +1,1 @@
+"""Protocol and language logic with no I/O: pure functions and frozen values."""
