@@ -15,6 +15,7 @@ from pycontainerd.services.images import plugin as images_service
 from pycontainerd.services.introspection import plugin as introspection_service
 from pycontainerd.services.leases import plugin as leases_service
 from pycontainerd.services.namespaces import plugin as namespaces_service
+from pycontainerd.services.snapshots import plugin as snapshots_service
 from pycontainerd.services.version import plugin as version_service
 
 
@@ -35,5 +36,6 @@ def registrations() -> list[Registration[Any, Any]]:
         images_service.GRPC,
         leases_service.GRPC,
         namespaces_service.GRPC,
+        snapshots_service.GRPC,
         version_service.GRPC,
     ]

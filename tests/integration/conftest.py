@@ -55,7 +55,7 @@ class Ctr:
         self,
         *args: str,
         namespace: str | None = None,
-        input: str | None = None,
+        input_bytes: bytes | None = None,
         check: bool = True,
         timeout: float = 60,
     ) -> CtrResult:
@@ -63,9 +63,13 @@ class Ctr:
         if namespace is not None:
             cmd += ["--namespace", namespace]
         proc = subprocess.run(
-            [*cmd, *args], capture_output=True, text=True, input=input, timeout=timeout
+            [*cmd, *args], capture_output=True, input=input_bytes, timeout=timeout
         )
-        result = CtrResult(proc.returncode, proc.stdout, proc.stderr)
+        result = CtrResult(
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"ctr {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -119,7 +120,7 @@ def test_ingest_get_label_rm_256mib(
     ).stdout
     assert len(got) == BIG and "sha256:" + hashlib.sha256(got).hexdigest() == dgst
     ctr("content", "label", dgst, "a=b", "c=d")
-    assert _ls_digests(ctr)[dgst] == "a=b,c=d"
+    assert set(_ls_digests(ctr)[dgst].split(",")) == {"a=b", "c=d"}
     ctr("content", "label", dgst, "a=")
     assert _ls_digests(ctr)[dgst] == "c=d"
     ctr("content", "rm", dgst)
@@ -200,7 +201,7 @@ def test_images_import_ls_check_tag_label_rm(
     assert "docker.io/library/bb:oci" in names
     assert "docker.io/library/bb:docker" in names
     check = ctr("images", "check").stdout
-    assert check.count("complete (3/3)") == 2, check
+    assert check.count("complete (2/2)") == 2, check
     ctr("images", "tag", "docker.io/library/bb:oci", "docker.io/library/bb:tagged")
     ctr("images", "label", "docker.io/library/bb:tagged", "team=a")
     rows = ctr("images", "ls").stdout.splitlines()
@@ -224,8 +225,12 @@ def test_image_delete_sync_removes_the_gc_ref_chain(
     assert f"containerd.io/gc.ref.content.config={img.config_digest}" in labels[img.manifest_digest]
     blobs = {img.manifest_digest, img.config_digest, img.layer.digest}
     # survives a collection: reached from the image through the label chain
-    ctr("content", "prune", "references")
+    lease = ctr("leases", "create").stdout.strip()
+    ctr("leases", "rm", "--sync", lease)
     assert blobs <= blob_files(daemon)
+    # pruning layer references lets the collector take the (not unpacked) layer only
+    ctr("content", "prune", "references")
+    assert blob_files(daemon) & blobs == {img.manifest_digest, img.config_digest}
     ctr("images", "rm", "--sync", "docker.io/library/bb:oci")
     assert blob_files(daemon) & blobs == set()
     assert _ls_digests(ctr) == {}
@@ -304,8 +309,13 @@ def test_sharing_policy(tmp_path: Path) -> None:
             else:
                 # the writer learns the blob exists: everything is already "written"
                 assert first.offset == len(data)
+                # as Go's client does, the commit carries the offset the writer reported
                 commit = content_pb2.WriteContentRequest(
-                    action=content_pb2.COMMIT, ref="b", total=len(data), expected=dgst
+                    action=content_pb2.COMMIT,
+                    ref="b",
+                    total=len(data),
+                    offset=first.offset,
+                    expected=dgst,
                 )
                 list(stub.Write(iter([commit]), metadata=md("ns-b"), timeout=10))
             got = stub.Info(content_pb2.InfoRequest(digest=dgst), metadata=md("ns-b"), timeout=10)
@@ -342,6 +352,8 @@ def test_crash_mid_ingest_then_resume(tmp_path: Path, big_blob: tuple[Path, str]
         d.kill()
         proc.kill()
         proc.wait()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
     assert list((tmp_path / "root/io.containerd.content.v1.content/blobs").rglob("*")) in (
         [],
         [tmp_path / "root/io.containerd.content.v1.content/blobs/sha256"],

@@ -19,7 +19,8 @@ With pytest::
         await case.run(subject)
 
 Without pytest, ``run_all(factory)`` runs every case on a fresh subject. A case fails
-by raising ``SuiteFailure`` (an ``AssertionError``) or the store's own error. Cases run
+by raising ``SuiteFailure`` (an ``AssertionError``) or the store's own error. Cases
+check error kinds, not messages, since a wrapping store words its own. Cases run
 in the caller's context, so a namespaced store's caller sets the namespace around
 ``case.run``.
 """
@@ -241,8 +242,8 @@ async def _check_info(
 
 
 async def _check_ref_unavailable(store: Store, ref: str) -> None:
-    exc = await _raises(Unavailable, store.writer(ref), f"second writer on {ref!r}")
-    _check(f"ref {ref} locked" in str(exc), f"unexpected message {str(exc)!r}")
+    # Only the kind is checked: a wrapping store may name its backend's ref instead.
+    await _raises(Unavailable, store.writer(ref), f"second writer on {ref!r}")
 
 
 def _now() -> int:
@@ -629,8 +630,7 @@ async def check_commit_mismatch_leaves_no_blob(subject: Subject) -> None:
     w = await cs.writer("mismatch", total=300, expected=dgst)
     try:
         await w.write(data[:200])
-        exc = await _raises(FailedPrecondition, w.commit(300, ""), "commit of a short ingest")
-        _check("unexpected commit size" in str(exc), f"unexpected message {str(exc)!r}")
+        await _raises(FailedPrecondition, w.commit(300, ""), "commit of a short ingest")
     finally:
         await w.close()
     await _raises(NotFound, cs.info(dgst), "info after a failed commit")
@@ -640,10 +640,9 @@ async def check_commit_mismatch_leaves_no_blob(subject: Subject) -> None:
     w = await cs.writer("mismatch", total=300, expected=dgst)
     try:
         await w.write(data[200:])
-        exc = await _raises(
+        await _raises(
             FailedPrecondition, w.commit(300, digests.of(b"other")), "commit, wrong digest"
         )
-        _check("unexpected commit digest" in str(exc), f"unexpected message {str(exc)!r}")
     finally:
         await w.close()
     await _raises(NotFound, cs.info(dgst), "info after a failed commit")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -210,7 +211,9 @@ class DB:
         if self._closed:
             raise RuntimeError("metadata database is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn)
+        # Carry the caller's context (namespace, lease) onto the database thread.
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, ctx.run, fn)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -65,6 +66,6 @@ class LeasesLocal:
         await self._db.update(lambda conn: store.delete_resource(conn, ns, lease_id, res))
         self._db.deleted()
 
-    async def list_resources(self, lease_id: str) -> list[Resource]:
+    async def list_resources(self, lease_id: str) -> builtins.list[Resource]:
         ns = namespaces.required()
         return await self._db.view(lambda conn: store.list_resources(conn, ns, lease_id))
