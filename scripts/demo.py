@@ -1,5 +1,6 @@
 """`make demo`: start pycontainerd in a temporary root with its built-in default
-configuration, show the server through Debian's Go `ctr`, and stop it cleanly."""
+configuration, drive it with Debian's Go `ctr` (server version, plugins, a namespace,
+an image built from busybox-static imported and checked), and stop it cleanly."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from pycontainerd import harness
+from pycontainerd.images import build
 
 
 def ctr(daemon: harness.Daemon, *args: str) -> None:
@@ -31,6 +33,14 @@ def main() -> int:
             ctr(daemon, "namespaces", "create", "demo", "purpose=make-demo")
             ctr(daemon, "namespaces", "ls")
             ctr(daemon, "namespaces", "rm", "demo")
+            archive = base / "busybox.tar"
+            build.write_oci_archive(
+                build.make_image(build.busybox_files()), archive, "docker.io/library/busybox:demo"
+            )
+            ctr(daemon, "images", "import", "--no-unpack", str(archive))
+            ctr(daemon, "images", "ls")
+            ctr(daemon, "content", "ls")
+            ctr(daemon, "images", "rm", "--sync", "docker.io/library/busybox:demo")
             print("stopping pycontainerd", flush=True)
         print(f"pycontainerd stopped cleanly (exit status {daemon.proc.returncode})")
         return 0 if daemon.proc.returncode == 0 else 1

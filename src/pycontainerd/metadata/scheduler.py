@@ -66,6 +66,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self.last_stats: Stats | None = None
         self.collections = 0
+        self._collected = asyncio.Condition()
         db.add_mutation_listener(self._on_mutation)
         db.add_deletion_listener(self._on_deletion)
 
@@ -123,6 +124,13 @@ class Scheduler:
             for w in waiters:
                 if not w.done():
                     w.set_result(stats)
+            async with self._collected:
+                self._collected.notify_all()
+
+    async def wait_for_collection(self, after: int) -> None:
+        """Return once more than ``after`` collections have run."""
+        async with self._collected:
+            await self._collected.wait_for(lambda: self.collections > after)
 
     async def _wait_for_waiter(self) -> None:
         while not self._waiters:
