@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,12 +96,16 @@ def busybox_files(
 
 @dataclass
 class Image:
-    """The blobs of a single-layer image, ready to be written in either archive form."""
+    """The blobs of an image, ready to be written in either archive form."""
 
-    layer: Layer
+    layers: list[Layer]
     config: bytes
     manifest: bytes
     blobs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def layer(self) -> Layer:
+        return self.layers[0]
 
     @property
     def manifest_digest(self) -> str:
@@ -113,37 +117,34 @@ class Image:
 
 
 def make_image(
-    files: Mapping[str, File], *, cmd: tuple[str, ...] = ("/bin/sh",), arch: str = "amd64"
+    files: Mapping[str, File] | Sequence[Mapping[str, File]],
+    *,
+    cmd: tuple[str, ...] = ("/bin/sh",),
+    arch: str = "amd64",
 ) -> Image:
-    layer = make_layer(files)
-    config = json.dumps(
-        {
-            "architecture": arch,
-            "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd)},
-            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-            "history": [{"created_by": "pycontainerd.images.build"}],
-        },
-        sort_keys=True,
-    ).encode()
+    """An image of one layer (a mapping of files) or several (a list of them, base
+    first; ``.wh.<name>`` and ``.wh..wh..opq`` entries are OCI whiteouts)."""
+    layer_files = [files] if isinstance(files, Mapping) else list(files)
+    layers = [make_layer(f) for f in layer_files]
+    config = json.dumps({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd)},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+        "history": [{"created_by": "pycontainerd.images.build"} for _ in layers],
+    }, sort_keys=True).encode()
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.OCI_MANIFEST,
-            "config": {"mediaType": mt.OCI_CONFIG, "digest": config_digest, "size": len(config)},
-            "layers": [
-                {"mediaType": mt.OCI_LAYER_GZIP, "digest": layer.digest, "size": len(layer.gz)}
-            ],
-        },
-        sort_keys=True,
-    ).encode()
-    img = Image(layer, config, manifest)
-    img.blobs = {
-        layer.digest: layer.gz,
-        config_digest: config,
-        img.manifest_digest: manifest,
-    }
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": mt.OCI_LAYER_GZIP, "digest": layer.digest,
+                    "size": len(layer.gz)} for layer in layers],
+    }, sort_keys=True).encode()
+    img = Image(layers, config, manifest)
+    img.blobs = {layer.digest: layer.gz for layer in layers}
+    img.blobs[config_digest] = config
+    img.blobs[img.manifest_digest] = manifest
     return img
 
 

@@ -11,7 +11,6 @@ reports the whole size as written); with ``isolated`` every byte is sent and ver
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
@@ -96,10 +95,6 @@ class ContentStore:
         self.db = db
         self.backend = backend
         self.shared = shared
-        # Held by the collector while it removes backend blobs, and by writers while
-        # they decide to reuse a shared blob or commit, so neither sees the other
-        # half-done.
-        self.gc_lock = asyncio.Lock()
 
     async def info(self, dgst: str) -> Info:
         ns = namespaces.required()
@@ -238,7 +233,7 @@ class ContentStore:
         if expected:
             digests.parse(expected)
         ns = namespaces.required()
-        async with self.gc_lock:
+        async with self.db.gc_lock:
             return await self._open_writer(ns, ref, total, expected)
 
     async def _open_writer(self, ns: str, ref: str, total: int, expected: str) -> NamespacedWriter:
@@ -383,7 +378,7 @@ class NamespacedWriter:
             _validate_labels(labels)
             if expected:
                 digests.parse(expected)
-            async with self._store.gc_lock:
+            async with self._store.db.gc_lock:
                 actual, size = await self._commit_backend(size, expected)
                 inserted = await self._record(actual, size, labels)
         except BaseException:

@@ -16,6 +16,8 @@ Schema (version in ``PRAGMA user_version``)::
     leases(namespace, id PK, created_at, labels JSON)
       lease_resources(namespace, lease FK cascade, type, id)
     sequences(name PK, value)
+    snapshots(namespace, snapshotter, key PK, backend_key, parent, kind, labels JSON,
+              created_at, updated_at)
 
 Objects are keyed by namespace. Blobs and images keep their namespace alive (a
 namespace that holds them cannot be deleted); ingests and leases go with it.
@@ -102,6 +104,21 @@ MIGRATIONS: Sequence[str] = (
         value INTEGER NOT NULL
     );
     """,
+    """
+    CREATE TABLE snapshots (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        snapshotter TEXT NOT NULL,
+        key TEXT NOT NULL,
+        backend_key TEXT NOT NULL,
+        parent TEXT NOT NULL DEFAULT '',
+        kind INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, snapshotter, key)
+    );
+    CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -130,6 +147,10 @@ class DB:
         self.mutations = 0
         self._mutation_listeners: list[Callable[[], None]] = []
         self._deletion_listeners: list[Callable[[], None]] = []
+        # Held by the collector while it removes backend objects, and by stores while
+        # a backend object exists that no record points to yet (a commit between its
+        # backend half and its metadata half), so neither sees the other half-done.
+        self.gc_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> DB:

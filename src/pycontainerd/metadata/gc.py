@@ -4,8 +4,9 @@ One write transaction scans every namespace for roots, marks what they reach (ru
 in ``pycontainerd.gc``) and deletes the unreached metadata: blob records, expired
 ingests and expired leases. Because all metadata writes run on the database's single
 thread, nothing can be added between the mark and the sweep. The content backend is
-then swept of blobs no namespace records any more, and of ingests whose records went;
-``ContentStore.gc_lock`` keeps writers from committing while that runs.
+then swept of blobs no namespace records any more, and of ingests whose records went,
+and each snapshotter of snapshots no record points to (children before parents);
+``DB.gc_lock`` keeps stores from committing while that runs.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pycontainerd import gc
 from pycontainerd.gc import Node, Resource
 from pycontainerd.metadata.content import ContentStore
 from pycontainerd.metadata.db import DB
+from pycontainerd.snapshots.interface import Snapshotter
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,11 @@ def scan_roots(conn: sqlite3.Connection, now: datetime.datetime) -> Iterator[Nod
     for ns, digest, labels_text in conn.execute("SELECT namespace, digest, labels FROM blobs"):
         if gc.is_root(_labels(labels_text)):
             yield Node(Resource.CONTENT, ns, digest)
+    for ns, sn, key, labels_text in conn.execute(
+        "SELECT namespace, snapshotter, key, labels FROM snapshots"
+    ):
+        if gc.is_root(_labels(labels_text)):
+            yield Node(Resource.SNAPSHOT, ns, f"{sn}/{key}")
 
 
 def references(conn: sqlite3.Connection, node: Node) -> Iterable[Node]:
@@ -81,6 +88,19 @@ def references(conn: sqlite3.Connection, node: Node) -> Iterable[Node]:
             (node.namespace, node.key),
         ).fetchone()
         return gc.label_refs(node.namespace, _labels(row[0])) if row else ()
+    if node.type in (Resource.SNAPSHOT, Resource.SNAPSHOT_FLAT):
+        sn, _, key = node.key.partition("/")
+        row = conn.execute(
+            "SELECT parent, labels FROM snapshots WHERE namespace = ? AND snapshotter = ? "
+            "AND key = ?",
+            (node.namespace, sn, key),
+        ).fetchone()
+        if row is None:
+            return ()
+        parent = [Node(node.type, node.namespace, f"{sn}/{row[0]}")] if row[0] else []
+        if node.type == Resource.SNAPSHOT_FLAT:
+            return parent
+        return [*parent, *gc.label_refs(node.namespace, _labels(row[1]))]
     if node.type == Resource.INGEST:
         row = conn.execute(
             "SELECT expected FROM ingests WHERE namespace = ? AND ref = ?",
@@ -96,6 +116,7 @@ class _Swept:
     aborted_ingests: list[str]
     live_digests: set[str]
     live_backend_refs: set[str]
+    live_snapshots: dict[str, set[str]]
 
 
 def mark_and_sweep(conn: sqlite3.Connection, stats: Stats) -> _Swept:
@@ -116,6 +137,15 @@ def mark_and_sweep(conn: sqlite3.Connection, stats: Stats) -> _Swept:
             if not expected:
                 aborted.append(bref)
             stats.add("ingests")
+    for ns, sn, key in conn.execute(
+        "SELECT namespace, snapshotter, key FROM snapshots"
+    ).fetchall():
+        if Node(Resource.SNAPSHOT, ns, f"{sn}/{key}") not in reachable:
+            conn.execute(
+                "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
+                (ns, sn, key),
+            )
+            stats.add("snapshots")
     for ns, lease_id in conn.execute("SELECT namespace, id FROM leases").fetchall():
         if Node(Resource.LEASE, ns, lease_id) not in reachable:
             conn.execute("DELETE FROM leases WHERE namespace = ? AND id = ?", (ns, lease_id))
@@ -124,19 +154,25 @@ def mark_and_sweep(conn: sqlite3.Connection, stats: Stats) -> _Swept:
     # Ingests that still have records, and shared stand-ins, keep their bytes.
     live |= {e for (e,) in conn.execute("SELECT expected FROM ingests WHERE expected != ''")}
     live_refs = {r for (r,) in conn.execute("SELECT backend_ref FROM ingests")}
-    return _Swept(aborted, live, live_refs)
+    live_snapshots: dict[str, set[str]] = {}
+    for sn, bkey in conn.execute("SELECT snapshotter, backend_key FROM snapshots"):
+        live_snapshots.setdefault(sn, set()).add(bkey)
+    return _Swept(aborted, live, live_refs, live_snapshots)
 
 
 class Collector:
     """Runs collections; one at a time."""
 
-    def __init__(self, db: DB, content: ContentStore) -> None:
+    def __init__(
+        self, db: DB, content: ContentStore, snapshotters: Mapping[str, Snapshotter] | None = None
+    ) -> None:
         self._db = db
         self._content = content
+        self._snapshotters = dict(snapshotters or {})
 
     async def collect(self) -> Stats:
         stats = Stats()
-        async with self._content.gc_lock:
+        async with self._db.gc_lock:
             t0 = time.perf_counter_ns()
             swept = await self._db.update(lambda conn: mark_and_sweep(conn, stats))
             t1 = time.perf_counter_ns()
@@ -165,12 +201,34 @@ class Collector:
                     stats.add("blobs")
                 except Exception:
                     logger.warning("gc: could not remove blob %s", dgst, exc_info=True)
+            for name, snapshotter in self._snapshotters.items():
+                await self._sweep_snapshots(
+                    snapshotter, swept.live_snapshots.get(name, set()), stats
+                )
             stats.metadata_ns = t1 - t0
             stats.backend_ns = time.perf_counter_ns() - t1
         if stats.removed:
-            logger.info(
+            logger.debug(
                 "garbage collected %s in %.1f ms",
                 stats.removed,
                 (stats.metadata_ns + stats.backend_ns) / 1e6,
             )
         return stats
+
+    async def _sweep_snapshots(self, sn: Snapshotter, live: set[str], stats: Stats) -> None:
+        infos = [info async for info in sn.walk()]
+        doomed = {i.name: i for i in infos if i.name not in live}
+        while doomed:
+            # leaves first: a snapshot no other doomed snapshot names as parent
+            parents = {i.parent for i in doomed.values()}
+            leaves = [name for name in doomed if name not in parents]
+            if not leaves:
+                logger.warning("gc: snapshot parent cycle among %s", sorted(doomed))
+                return
+            for name in leaves:
+                del doomed[name]
+                try:
+                    await sn.remove(name)
+                    stats.add("snapshots.backend")
+                except Exception:
+                    logger.warning("gc: could not remove snapshot %s", name, exc_info=True)

@@ -24,6 +24,8 @@ _HOLDINGS: tuple[tuple[str, str], ...] = (
     ("images", "SELECT 1 FROM images WHERE namespace = ? LIMIT 1"),
     ("blobs", "SELECT 1 FROM blobs WHERE namespace = ? LIMIT 1"),
 )
+# Snapshots are named per snapshotter: 'snapshots on "overlayfs" snapshotter'.
+_SNAPSHOTTERS_QUERY = "SELECT DISTINCT snapshotter FROM snapshots WHERE namespace = ? ORDER BY 1"
 
 
 def _validate_labels(labels: Mapping[str, str]) -> None:
@@ -116,6 +118,8 @@ def holdings(conn: sqlite3.Connection, name: str) -> list[str]:
     for what, query in _HOLDINGS:
         if conn.execute(query, (name,)).fetchone():
             found.append(what)
+    for (snapshotter,) in conn.execute(_SNAPSHOTTERS_QUERY, (name,)).fetchall():
+        found.append(f"snapshots on {identifiers.go_quote(snapshotter)} snapshotter")
     return found
 
 

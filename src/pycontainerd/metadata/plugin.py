@@ -10,6 +10,7 @@ from pycontainerd.metadata.content import ContentStore
 from pycontainerd.metadata.db import DB
 from pycontainerd.metadata.gc import Collector
 from pycontainerd.metadata.scheduler import Scheduler, SchedulerConfig
+from pycontainerd.metadata.snapshots import NamespacedSnapshotter
 from pycontainerd.plugin import InitContext, PluginType, Registration
 
 
@@ -23,9 +24,12 @@ class MetadataConfig:
 class Metadata:
     """What the metadata plugin provides: the database and the namespaced stores."""
 
-    def __init__(self, db: DB, content: ContentStore) -> None:
+    def __init__(
+        self, db: DB, content: ContentStore, snapshotters: dict[str, NamespacedSnapshotter]
+    ) -> None:
         self.db = db
         self.content = content
+        self.snapshotters = snapshotters
 
     async def aclose(self) -> None:
         await self.db.aclose()
@@ -40,21 +44,26 @@ async def _init(ic: InitContext[MetadataConfig]) -> Metadata:
     path = ic.root / "meta.db"
     ic.meta.exports["path"] = str(path)
     db = await DB.open(path)
-    return Metadata(db, ContentStore(db, backend, shared=policy == "shared"))
+    snapshotters = {
+        name: NamespacedSnapshotter(db, name, sn)
+        for name, sn in ic.plugins.get_by_type(PluginType.SNAPSHOT).items()
+    }
+    return Metadata(db, ContentStore(db, backend, shared=policy == "shared"), snapshotters)
 
 
 REGISTRATION = Registration(
     type=PluginType.METADATA,
     id="sqlite",
     init=_init,
-    requires=(PluginType.CONTENT,),
+    requires=(PluginType.CONTENT, PluginType.SNAPSHOT),
     config=MetadataConfig(),
 )
 
 
 async def _init_scheduler(ic: InitContext[SchedulerConfig]) -> Scheduler:
     md = ic.typed(PluginType.METADATA, Metadata)
-    scheduler = Scheduler(md.db, Collector(md.db, md.content), ic.config)
+    backends = {name: sn.backend for name, sn in md.snapshotters.items()}
+    scheduler = Scheduler(md.db, Collector(md.db, md.content, backends), ic.config)
     scheduler.start()
     return scheduler
 

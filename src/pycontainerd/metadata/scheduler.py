@@ -92,7 +92,9 @@ class Scheduler:
 
     async def _run(self) -> None:
         if self._startup_delay:
-            await asyncio.sleep(self._startup_delay)
+            # a caller that needs a collection now does not wait for the start-up delay
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_for_waiter(), self._startup_delay)
         self._trigger.set()
         next_allowed = 0.0
         while True:

@@ -1,0 +1,1 @@
+"""Snapshotters: the filesystems containers run on, built layer by layer."""
