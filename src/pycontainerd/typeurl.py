@@ -7,6 +7,10 @@ and read either form.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
+
 from google.protobuf import any_pb2, descriptor_pool, message, message_factory
 
 from pycontainerd.errdefs import NotFound
@@ -30,11 +34,25 @@ def unmarshal_any(value: any_pb2.Any) -> message.Message:
     name = value.type_url.rsplit("/", 1)[-1]
     try:
         desc = descriptor_pool.Default().FindMessageTypeByName(name)
-    except KeyError as exc:
-        raise NotFound(f"type {value.type_url}") from exc
+    except KeyError:
+        _import_event_types()
+        try:
+            desc = descriptor_pool.Default().FindMessageTypeByName(name)
+        except KeyError as exc:
+            raise NotFound(f"type {value.type_url}") from exc
     msg = message_factory.GetMessageClass(desc)()
     msg.ParseFromString(value.value)
     return msg
+
+
+@functools.cache
+def _import_event_types() -> None:
+    """Load containerd's event messages into the pool (a client may not have yet)."""
+    import pycontainerd._api.containerd.events as events_pkg
+
+    for mod in pkgutil.iter_modules(events_pkg.__path__):
+        if mod.name.endswith("_pb2"):
+            importlib.import_module(f"{events_pkg.__name__}.{mod.name}")
 
 
 def field_value(msg: message.Message, path: tuple[str, ...]) -> tuple[str, bool]:
