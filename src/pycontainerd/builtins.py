@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pycontainerd.content import plugin as content_plugin
+from pycontainerd.diff import plugin as diff_plugin
 from pycontainerd.events import plugin as events_plugin
 from pycontainerd.metadata import plugin as metadata_plugin
 from pycontainerd.plugin import Registration
 from pycontainerd.services.content import plugin as content_service
+from pycontainerd.services.diff import plugin as diff_service
 from pycontainerd.services.events import plugin as events_service
 from pycontainerd.services.healthcheck import plugin as healthcheck_service
 from pycontainerd.services.images import plugin as images_service
@@ -17,12 +19,16 @@ from pycontainerd.services.leases import plugin as leases_service
 from pycontainerd.services.namespaces import plugin as namespaces_service
 from pycontainerd.services.snapshots import plugin as snapshots_service
 from pycontainerd.services.version import plugin as version_service
+from pycontainerd.snapshots import plugin as snapshots_plugin
 
 
 def registrations() -> list[Registration[Any, Any]]:
     return [
         content_plugin.REGISTRATION,
+        snapshots_plugin.NATIVE,
+        snapshots_plugin.OVERLAYFS,
         metadata_plugin.REGISTRATION,
+        diff_plugin.REGISTRATION,
         events_plugin.REGISTRATION,
         metadata_plugin.SCHEDULER,
         introspection_service.LOCAL,
@@ -31,6 +37,7 @@ def registrations() -> list[Registration[Any, Any]]:
         namespaces_service.LOCAL,
         introspection_service.GRPC,
         content_service.GRPC,
+        diff_service.GRPC,
         events_service.GRPC,
         healthcheck_service.GRPC,
         images_service.GRPC,

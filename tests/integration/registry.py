@@ -11,9 +11,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 REGISTRY = shutil.which("docker-registry")
 
@@ -45,8 +45,9 @@ def run_registry(base: Path, timeout: float = 30) -> Iterator[Registry]:
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: pycontainerd-tests\n"
     )
     log = base / "registry.log"
-    proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [REGISTRY, "serve", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     seen = b""

@@ -17,8 +17,12 @@ from tests.integration.conftest import Ctr, start_reference_containerd
 def pyctr(address: Path, *args: str) -> tuple[int, str, str]:
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "pycontainerd.cli.pyctr", "-a", str(address),
-                           *args], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pycontainerd.cli.pyctr", "-a", str(address), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -126,21 +126,29 @@ def make_image(
     first; ``.wh.<name>`` and ``.wh..wh..opq`` entries are OCI whiteouts)."""
     layer_files = [files] if isinstance(files, Mapping) else list(files)
     layers = [make_layer(f) for f in layer_files]
-    config = json.dumps({
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd)},
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [{"created_by": "pycontainerd.images.build"} for _ in layers],
-    }, sort_keys=True).encode()
+    config = json.dumps(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd)},
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+            "history": [{"created_by": "pycontainerd.images.build"} for _ in layers],
+        },
+        sort_keys=True,
+    ).encode()
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": config_digest, "size": len(config)},
-        "layers": [{"mediaType": mt.OCI_LAYER_GZIP, "digest": layer.digest,
-                    "size": len(layer.gz)} for layer in layers],
-    }, sort_keys=True).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "layers": [
+                {"mediaType": mt.OCI_LAYER_GZIP, "digest": layer.digest, "size": len(layer.gz)}
+                for layer in layers
+            ],
+        },
+        sort_keys=True,
+    ).encode()
     img = Image(layers, config, manifest)
     img.blobs = {layer.digest: layer.gz for layer in layers}
     img.blobs[config_digest] = config

@@ -137,9 +137,7 @@ def mark_and_sweep(conn: sqlite3.Connection, stats: Stats) -> _Swept:
             if not expected:
                 aborted.append(bref)
             stats.add("ingests")
-    for ns, sn, key in conn.execute(
-        "SELECT namespace, snapshotter, key FROM snapshots"
-    ).fetchall():
+    for ns, sn, key in conn.execute("SELECT namespace, snapshotter, key FROM snapshots").fetchall():
         if Node(Resource.SNAPSHOT, ns, f"{sn}/{key}") not in reachable:
             conn.execute(
                 "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",

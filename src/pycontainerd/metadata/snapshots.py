@@ -67,8 +67,7 @@ class _Row:
     updated_at: int
 
     def info(self) -> Info:
-        return Info(self.kind, self.key, self.parent, self.labels, self.created_at,
-                    self.updated_at)
+        return Info(self.kind, self.key, self.parent, self.labels, self.created_at, self.updated_at)
 
 
 _COLUMNS = "key, backend_key, parent, kind, labels, created_at, updated_at"
@@ -92,8 +91,7 @@ class NamespacedSnapshotter:
 
     def _row(self, conn: sqlite3.Connection, ns: str, key: str) -> _Row:
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM snapshots WHERE namespace = ? AND snapshotter = ? "
-            "AND key = ?",
+            f"SELECT {_COLUMNS} FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
             (ns, self.name, key),
         ).fetchone()
         if row is None:
@@ -198,8 +196,17 @@ class NamespacedSnapshotter:
             conn.execute(
                 "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind, "
                 "labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (ns, self.name, key, bkey, parent, int(kind),
-                 json.dumps(labels, sort_keys=True), now, now),
+                (
+                    ns,
+                    self.name,
+                    key,
+                    bkey,
+                    parent,
+                    int(kind),
+                    json.dumps(labels, sort_keys=True),
+                    now,
+                    now,
+                ),
             )
             leasestore.hold(conn, ns, f"{leasestore.SNAPSHOTS}/{self.name}", key)
             return bkey, bparent
@@ -221,9 +228,7 @@ class NamespacedSnapshotter:
         )
         leasestore.release(conn, ns, f"{leasestore.SNAPSHOTS}/{self.name}", key)
 
-    async def commit(
-        self, name: str, key: str, labels: Mapping[str, str] | None = None
-    ) -> None:
+    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
         ns = namespaces.required()
         labels = dict(labels or {})
         _validate_labels(labels)
@@ -245,8 +250,14 @@ class NamespacedSnapshotter:
         async with self.db.gc_lock:
             await self._commit(ns, name, key, labels, check)
 
-    async def _commit(self, ns: str, name: str, key: str, labels: dict[str, str],
-                      check: Callable[[sqlite3.Connection], tuple[_Row, str]]) -> None:
+    async def _commit(
+        self,
+        ns: str,
+        name: str,
+        key: str,
+        labels: dict[str, str],
+        check: Callable[[sqlite3.Connection], tuple[_Row, str]],
+    ) -> None:
         row, bname = await self.db.update(check)
         await self.backend.commit(bname, row.backend_key, inherited(labels))
 
@@ -256,8 +267,17 @@ class NamespacedSnapshotter:
             conn.execute(
                 "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind, "
                 "labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (ns, self.name, name, bname, row.parent, int(Kind.COMMITTED),
-                 json.dumps(labels, sort_keys=True), now, now),
+                (
+                    ns,
+                    self.name,
+                    name,
+                    bname,
+                    row.parent,
+                    int(Kind.COMMITTED),
+                    json.dumps(labels, sort_keys=True),
+                    now,
+                    now,
+                ),
             )
             leasestore.hold(conn, ns, f"{leasestore.SNAPSHOTS}/{self.name}", name)
 

@@ -12,6 +12,8 @@ async def _init(ic: InitContext[None]) -> SnapshotsService:
 
 
 GRPC: Registration[None, SnapshotsService] = Registration(
-    type=PluginType.GRPC, id="snapshots", init=_init,
+    type=PluginType.GRPC,
+    id="snapshots",
+    init=_init,
     requires=(PluginType.METADATA, PluginType.EVENT),
 )

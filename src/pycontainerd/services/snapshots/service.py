@@ -39,14 +39,20 @@ def mounts_from_pb(mounts: Sequence[mount_pb2.Mount]) -> list[Mount]:
 
 
 def info_to_pb(info: Info) -> pb.Info:
-    return pb.Info(name=info.name, parent=info.parent, kind=pb.Kind.Value(info.kind.name),
-                   created_at=to_pb(info.created_at), updated_at=to_pb(info.updated_at),
-                   labels=dict(info.labels))
+    return pb.Info(
+        name=info.name,
+        parent=info.parent,
+        kind=pb.Kind.Value(info.kind.name),
+        created_at=to_pb(info.created_at),
+        updated_at=to_pb(info.updated_at),
+        labels=dict(info.labels),
+    )
 
 
 class SnapshotsService(pb_grpc.SnapshotsServicer):
-    def __init__(self, snapshotters: Mapping[str, NamespacedSnapshotter],
-                 exchange: Exchange) -> None:
+    def __init__(
+        self, snapshotters: Mapping[str, NamespacedSnapshotter], exchange: Exchange
+    ) -> None:
         self._snapshotters = dict(snapshotters)
         self._events = exchange
 
@@ -64,8 +70,12 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     ) -> pb.PrepareSnapshotResponse:
         sn = self._get(request.snapshotter)
         mounts = await sn.prepare(request.key, request.parent, dict(request.labels))
-        await self._events.publish("/snapshot/prepare", events_pb.SnapshotPrepare(
-            key=request.key, parent=request.parent, snapshotter=request.snapshotter))
+        await self._events.publish(
+            "/snapshot/prepare",
+            events_pb.SnapshotPrepare(
+                key=request.key, parent=request.parent, snapshotter=request.snapshotter
+            ),
+        )
         return pb.PrepareSnapshotResponse(mounts=mounts_to_pb(mounts))
 
     async def View(self, request: pb.ViewSnapshotRequest, context: Ctx) -> pb.ViewSnapshotResponse:
@@ -80,14 +90,20 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     async def Commit(self, request: pb.CommitSnapshotRequest, context: Ctx) -> empty_pb2.Empty:
         sn = self._get(request.snapshotter)
         await sn.commit(request.name, request.key, dict(request.labels))
-        await self._events.publish("/snapshot/commit", events_pb.SnapshotCommit(
-            key=request.key, name=request.name, snapshotter=request.snapshotter))
+        await self._events.publish(
+            "/snapshot/commit",
+            events_pb.SnapshotCommit(
+                key=request.key, name=request.name, snapshotter=request.snapshotter
+            ),
+        )
         return empty_pb2.Empty()
 
     async def Remove(self, request: pb.RemoveSnapshotRequest, context: Ctx) -> empty_pb2.Empty:
         await self._get(request.snapshotter).remove(request.key)
-        await self._events.publish("/snapshot/remove", events_pb.SnapshotRemove(
-            key=request.key, snapshotter=request.snapshotter))
+        await self._events.publish(
+            "/snapshot/remove",
+            events_pb.SnapshotRemove(key=request.key, snapshotter=request.snapshotter),
+        )
         return empty_pb2.Empty()
 
     async def Stat(self, request: pb.StatSnapshotRequest, context: Ctx) -> pb.StatSnapshotResponse:
@@ -99,9 +115,7 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     ) -> pb.UpdateSnapshotResponse:
         i = request.info
         info = Info(Kind(i.kind), i.name, i.parent, dict(i.labels))
-        updated = await self._get(request.snapshotter).update(
-            info, list(request.update_mask.paths)
-        )
+        updated = await self._get(request.snapshotter).update(info, list(request.update_mask.paths))
         return pb.UpdateSnapshotResponse(info=info_to_pb(updated))
 
     async def List(

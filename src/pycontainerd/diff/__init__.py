@@ -1,0 +1,1 @@
+"""Differs: apply layers to mounts, and compare mounts into layers."""
