@@ -27,6 +27,7 @@ def registrations() -> list[Registration[Any, Any]]:
         content_plugin.REGISTRATION,
         snapshots_plugin.NATIVE,
         snapshots_plugin.OVERLAYFS,
+        snapshots_plugin.BTRFS,
         metadata_plugin.REGISTRATION,
         diff_plugin.REGISTRATION,
         events_plugin.REGISTRATION,

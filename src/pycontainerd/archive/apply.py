@@ -26,7 +26,6 @@ import functools
 import logging
 import os
 import queue
-import shutil
 import stat
 import threading
 from collections import OrderedDict
@@ -271,7 +270,6 @@ class _Applier:
         # The regular file being written, if any.
         self._file_fd = -1
         self._file_op: CreateFile | None = None
-        self._file_written = 0
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -328,8 +326,24 @@ class _Applier:
         if fd is not None:
             self._fds.move_to_end(rel)
             return fd
-        parent, base = tar.split_path(rel)
-        pfd = self._dir_fd(parent, create=create, entry=entry)
+        # Iterative (a layer may nest thousands deep): from the deepest cached
+        # ancestor, open (or make) one component at a time.
+        parts = rel.split("/")
+        start = len(parts) - 1
+        while start > 0 and "/".join(parts[:start]) not in self._fds:
+            start -= 1
+        if start:
+            prefix = "/".join(parts[:start])
+            fd = self._fds[prefix]
+            self._fds.move_to_end(prefix)
+        else:
+            prefix, fd = "", self._root_fd
+        for base in parts[start:]:
+            prefix = f"{prefix}/{base}" if prefix else base
+            fd = self._open_child(fd, base, prefix, create=create, entry=entry)
+        return fd
+
+    def _open_child(self, pfd: int, base: str, rel: str, *, create: bool, entry: str) -> int:
         created = False
         try:
             fd = os.open(base, _O_DIR, dir_fd=pfd)
@@ -351,6 +365,7 @@ class _Applier:
         if created:
             self._implicit_dir(fd, rel)
         if len(self._fds) > _DIR_FD_CACHE:
+            # The oldest entry, never the fd just added (nor its parent, used last).
             _, old = self._fds.popitem(last=False)
             os.close(old)
         return fd
@@ -386,10 +401,21 @@ class _Applier:
         parent, base = tar.split_path(path)
         resolved = self._resolved.get(parent)
         if resolved is None:
-            resolved = tar.resolve(parent, self._readlink)
+            resolved = self._resolve(parent, entry)
+            fd = self._dir_fd(resolved, create=create, entry=entry)
+            # Cached only once it exists as a real directory: a path that is missing
+            # now may become a symlink later in the layer without anything being
+            # removed (which is what invalidates the cache).
             self._resolved[parent] = resolved
-        fd = self._dir_fd(resolved, create=create, entry=entry)
+        else:
+            fd = self._dir_fd(resolved, create=create, entry=entry)
         return fd, tar.join_path(resolved, base), base
+
+    def _resolve(self, path: str, entry: str) -> str:
+        try:
+            return tar.resolve(path, self._readlink)
+        except LayerError as exc:
+            raise LayerError(f"entry {entry!r}: {exc.message}") from exc
 
     def _remove(self, pfd: int, base: str) -> bool:
         """Remove whatever is at ``base`` (never following it). False if nothing was."""
@@ -399,7 +425,7 @@ class _Applier:
             return False
         if stat.S_ISDIR(st.st_mode):
             self._invalidate(keep=pfd)
-            shutil.rmtree(base, dir_fd=pfd)
+            _rmtree_at(pfd, base)
         else:
             if stat.S_ISLNK(st.st_mode):
                 self._invalidate(keep=pfd)
@@ -493,7 +519,7 @@ class _Applier:
             except FileExistsError:
                 self._remove(pfd, base)
                 fd = os.open(base, _O_NEWFILE, 0o600, dir_fd=pfd)
-            self._file_fd, self._file_op, self._file_written = fd, op, 0
+            self._file_fd, self._file_op = fd, op
             self._unpacked.add(resolved)
         elif isinstance(op, Mkdir):
             self._mkdir(op)
@@ -530,7 +556,6 @@ class _Applier:
         except OSError as exc:
             assert self._file_op is not None
             raise _os_error(self._file_op.name, exc) from exc
-        self._file_written += len(data)
 
     def end(self) -> None:
         """Finish the current entry (metadata of a regular file)."""
@@ -636,36 +661,32 @@ class _Applier:
 
     def _opaque(self, op: Opaque) -> None:
         if self._mode == "overlay":
-            fd = self._dir_fd(tar.resolve(op.dir, self._readlink), create=True, entry=op.name)
+            fd = self._dir_fd(self._resolve(op.dir, op.name), create=True, entry=op.name)
             os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
             return
         try:
-            resolved = tar.resolve(op.dir, self._readlink)
-            # A private duplicate: removals below invalidate the cached fds.
-            fd = os.dup(self._dir_fd(resolved, create=False, entry=op.name))
+            resolved = self._resolve(op.dir, op.name)
+            self._dir_fd(resolved, create=False, entry=op.name)
         except FileNotFoundError:
             return
-        try:
-            self._prune(fd, resolved)
-        finally:
-            os.close(fd)
-
-    def _prune(self, fd: int, rel: str) -> None:
-        """Remove entries under ``rel`` that this layer did not create (recursively)."""
-        with os.scandir(fd) as it:
-            names = [e.name for e in it]
-        for name in names:
-            child = tar.join_path(rel, name)
-            if child not in self._unpacked:
-                self._remove(fd, name)
-                continue
-            st = os.lstat(name, dir_fd=fd)
-            if stat.S_ISDIR(st.st_mode):
-                cfd = os.open(name, _O_DIR, dir_fd=fd)
-                try:
-                    self._prune(cfd, child)
-                finally:
-                    os.close(cfd)
+        # Depth first without recursion (layers nest deep). Only directories this
+        # layer made are entered; everything else below them is from lower layers.
+        stack = [resolved]
+        while stack:
+            rel = stack.pop()
+            # A private duplicate: removals below invalidate the cached fds.
+            fd = os.dup(self._dir_fd(rel, create=False, entry=op.name))
+            try:
+                with os.scandir(fd) as it:
+                    names = [e.name for e in it]
+                for name in names:
+                    child = tar.join_path(rel, name)
+                    if child not in self._unpacked:
+                        self._remove(fd, name)
+                    elif stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                        stack.append(child)
+            finally:
+                os.close(fd)
 
     def finish(self) -> None:
         """Set directory times last (creating entries in them changed their mtimes)."""
@@ -675,6 +696,63 @@ class _Applier:
             except (FileNotFoundError, LayerError):
                 continue  # replaced or removed later in the layer
             os.utime(fd, ns=(atime, mtime))
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; return its subdirectories."""
+    subdirs: list[str] = []
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append(entry.name)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
+    return subdirs
+
+
+def _rmtree_at(pfd: int, name: str) -> None:
+    """Remove the directory ``name`` in ``pfd`` and everything in it, never following.
+
+    Unlike ``shutil.rmtree`` this neither recurses (a layer can nest thousands of
+    directories deep) nor holds one fd per level (which would run out of fds): it
+    holds one directory at a time and climbs back with ``..``, checking that ``..``
+    is the directory it came from.
+    """
+    fd = os.open(name, _O_DIR, dir_fd=pfd)
+    try:
+        st = os.fstat(fd)
+        ids = [(st.st_dev, st.st_ino)]
+        names = [name]
+        pending = [_clear_files(fd)]
+        while True:
+            if pending[-1]:
+                sub = pending[-1].pop()
+                try:
+                    child = os.open(sub, _O_DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                os.close(fd)
+                fd = child
+                st = os.fstat(fd)
+                ids.append((st.st_dev, st.st_ino))
+                names.append(sub)
+                pending.append(_clear_files(fd))
+                continue
+            if len(names) == 1:
+                break
+            parent = os.open("..", _O_DIR, dir_fd=fd)
+            st = os.fstat(parent)
+            os.close(fd)
+            fd = parent
+            if (st.st_dev, st.st_ino) != ids[-2]:
+                raise OSError(errno.ESTALE, f"directory {names[-2]!r} moved while being removed")
+            ids.pop()
+            pending.pop()
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=pfd)
 
 
 def _lower_readlink(lower: str, rel: str) -> str | None:

@@ -1,4 +1,5 @@
-"""``pycontainerd``: the daemon, and its ``config`` subcommands."""
+"""``pycontainerd``: the daemon, its ``config`` subcommands, and ``snapshotter serve``
+(one snapshotter over the Snapshots API, for another daemon's ``[proxy_plugins]``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from pathlib import Path
 from pycontainerd import __version__, builtins, log
 from pycontainerd import config as configmod
 from pycontainerd.errdefs import ContainerdError
-from pycontainerd.server.server import Server
+from pycontainerd.server.server import Server, check_socket
+from pycontainerd.snapshots import serve as snapshot_serve
+from pycontainerd.snapshots.interface import Snapshotter
+from pycontainerd.snapshots.native import NativeSnapshotter
+from pycontainerd.snapshots.overlay import OverlaySnapshotter
 
 logger = logging.getLogger("pycontainerd")
 
@@ -50,6 +55,31 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("default", help="print the full default configuration")
     cfg_sub.add_parser("dump", help="print the configuration after the file and flags apply")
+    sn = sub.add_parser("snapshotter", help="run a snapshotter on its own")
+    sn_sub = sn.add_subparsers(dest="snapshotter_command", required=True)
+    serve_p = sn_sub.add_parser(
+        "serve",
+        help="serve a snapshotter over the Snapshots gRPC API (for [proxy_plugins])",
+        description="Serve one snapshotter on a unix socket until SIGTERM or SIGINT.",
+    )
+    # Own dests: the top-level --root/--address are the daemon's and keep their meaning.
+    serve_p.add_argument(
+        "--snapshotter", required=True, choices=SERVABLE, help="the backend to serve"
+    )
+    serve_p.add_argument(
+        "--root",
+        dest="snapshotter_root",
+        metavar="DIR",
+        required=True,
+        help="the snapshotter's directory",
+    )
+    serve_p.add_argument(
+        "--address",
+        dest="snapshotter_address",
+        metavar="SOCK",
+        required=True,
+        help="unix socket to serve on (a stale one is replaced)",
+    )
     return p
 
 
@@ -95,6 +125,46 @@ async def serve(cfg: configmod.Config) -> None:
     await server.stop()
 
 
+SERVABLE = ("overlayfs", "native")
+
+
+async def _open_backend(kind: str, root: Path) -> Snapshotter:
+    """Raises SkipPlugin when overlayfs cannot work here (as its plugin would)."""
+    if kind == "overlayfs":
+        return await OverlaySnapshotter.open(root)
+    return await NativeSnapshotter.open(root)
+
+
+async def serve_snapshotter(kind: str, root: Path, address: Path) -> None:
+    """Serve one backend on ``address`` until SIGTERM/SIGINT, then remove the socket.
+
+    READY=1 goes to ``NOTIFY_SOCKET`` once the socket answers, as the daemon does.
+
+    Raises:
+        FailedPrecondition: something else serves on ``address``, or it is not a socket.
+        SkipPlugin: overlayfs is not usable on this host.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    address.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+    check_socket(address)
+    backend = await _open_backend(kind, root)
+    try:
+        server = await snapshot_serve.serve(backend, address)
+        try:
+            logger.info("serving snapshotter %s (root %s) on %s", kind, root, address)
+            sd_notify("READY=1")
+            await stop.wait()
+            logger.info("stopping on signal")
+            sd_notify("STOPPING=1")
+        finally:
+            await snapshot_serve.stop(server, address)
+    finally:
+        await backend.aclose()
+
+
 def sd_notify(state: str) -> None:
     """Tell a supervisor (systemd ``Type=notify``, or a test) how start-up went."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -111,6 +181,8 @@ def sd_notify(state: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "snapshotter":
+        return _snapshotter_main(args)
     if args.command == "config" and args.config_command == "default":
         sys.stdout.write(configmod.dumps(default_config_table()))
         return 0
@@ -123,6 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(cfg))
     except ContainerdError as exc:
         print(f"pycontainerd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _snapshotter_main(args: argparse.Namespace) -> int:
+    try:
+        log.setup(args.log_level or "info", args.log_format or "text")
+        root = Path(args.snapshotter_root).absolute()
+        asyncio.run(serve_snapshotter(args.snapshotter, root, Path(args.snapshotter_address)))
+    except ContainerdError as exc:
+        print(f"pycontainerd snapshotter serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

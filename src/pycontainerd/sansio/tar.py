@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import enum
 import stat
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final, Literal
@@ -183,6 +184,13 @@ Event = TarHeader | Data | Marker
 
 def _parse_numeric(field: bytes, what: str, offset: int) -> int:
     """Parse an octal or base-256 header field, as Go's parseNumeric does."""
+    text = field.strip(b" \x00")
+    # Fast path: a plain run of digits (int() alone would also take "+", "_", "0o").
+    if text.isdigit():
+        try:
+            return int(text, 8)
+        except ValueError:
+            pass  # an 8 or a 9: reported below
     if field and field[0] & 0x80:
         if field[0] & 0x40:
             raise LayerError(f"invalid tar header at offset {offset}: negative {what}")
@@ -190,7 +198,7 @@ def _parse_numeric(field: bytes, what: str, offset: int) -> int:
         if value >> 63:
             raise LayerError(f"invalid tar header at offset {offset}: {what} overflows")
         return value
-    text = field.strip(b" \x00").split(b"\x00", 1)[0]
+    text = text.split(b"\x00", 1)[0]
     if not text:
         return 0
     if text.strip(b"01234567"):
@@ -510,8 +518,10 @@ class TarReader:
         mtime_ns = _parse_numeric(block[136:148], "mtime", offset) * _NS
         uname = _decode(block[265:297].split(b"\x00", 1)[0]) if modern else ""
         gname = _decode(block[297:329].split(b"\x00", 1)[0]) if modern else ""
-        devmajor = _parse_numeric(block[329:337], "devmajor", offset) if modern else 0
-        devminor = _parse_numeric(block[337:345], "devminor", offset) if modern else 0
+        # Device numbers mean something only for devices (and cost time to parse).
+        device = modern and typeflag in (CHRTYPE, BLKTYPE)
+        devmajor = _parse_numeric(block[329:337], "devmajor", offset) if device else 0
+        devminor = _parse_numeric(block[337:345], "devminor", offset) if device else 0
         atime_ns: int | None = None
         extra: dict[str, bytes] = {}
         for key, value in records.items():
@@ -590,6 +600,19 @@ def padding(size: int) -> bytes:
     return bytes(-size % BLOCK_SIZE)
 
 
+# name mode uid gid size mtime chksum typeflag linkname magic+version uname gname
+# devmajor devminor prefix (unused: long names go to PAX) and 12 bytes of padding.
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
+_ZERO8 = b"0000000\x00"
+
+
+def _octal(value: int, width: int) -> bytes:
+    # Values that do not fit are carried by PAX records; the field is then zero.
+    if 0 <= value < 8 ** (width - 1):
+        return b"%0*o\x00" % (width - 1, value)
+    return bytes(width)
+
+
 def _ustar_block(
     *,
     name: bytes,
@@ -602,30 +625,27 @@ def _ustar_block(
     linkname: bytes = b"",
     uname: bytes = b"",
     gname: bytes = b"",
-    devmajor: bytes = b"",
-    devminor: bytes = b"",
+    devmajor: bytes = _ZERO8,
+    devminor: bytes = _ZERO8,
 ) -> bytes:
-    def octal(value: int, width: int) -> bytes:
-        raw = _format_octal(value, width)
-        return raw if raw is not None else bytes(width)
-
-    block = bytearray(BLOCK_SIZE)
-    block[0:100] = name[:100].ljust(100, b"\0")
-    block[100:108] = octal(mode, 8)
-    block[108:116] = octal(uid, 8)
-    block[116:124] = octal(gid, 8)
-    block[124:136] = octal(size, 12)
-    block[136:148] = octal(mtime, 12)
-    block[148:156] = b" " * 8
-    block[156] = ord(typeflag)
-    block[157:257] = linkname[:100].ljust(100, b"\0")
-    block[257:265] = b"ustar\x0000"
-    block[265:297] = uname[:32].ljust(32, b"\0")
-    block[297:329] = gname[:32].ljust(32, b"\0")
-    block[329:337] = devmajor or octal(0, 8)
-    block[337:345] = devminor or octal(0, 8)
-    block[148:156] = b"%06o\x00 " % sum(block)
-    return bytes(block)
+    block = _USTAR.pack(
+        name,
+        _octal(mode, 8),
+        _octal(uid, 8),
+        _octal(gid, 8),
+        _octal(size, 12),
+        _octal(mtime, 12),
+        b"        ",
+        typeflag.encode("latin-1"),
+        linkname,
+        b"ustar\x0000",
+        uname,
+        gname,
+        devmajor,
+        devminor,
+        b"",
+    )
+    return block[:148] + b"%06o\x00 " % sum(block) + block[156:]
 
 
 def encode_header(header: TarHeader) -> bytes:
@@ -1014,7 +1034,7 @@ def bound_time(ns: int) -> int:
 def _attrs(header: TarHeader) -> Attrs:
     keep: list[tuple[str, bytes]] = []
     ignored: list[str] = []
-    for key, value in sorted(header.xattrs.items()):
+    for key, value in sorted(header.xattrs.items()) if header.pax else ():
         # containerd refuses admin attributes from an archive (setxattr returns
         # ENOTSUP, which it logs and ignores): a layer must not forge overlayfs'
         # trusted.overlay.* markers. security.* (file capabilities) is applied.

@@ -34,6 +34,7 @@ from pycontainerd.plugin import (
     SkipPlugin,
     graph,
 )
+from pycontainerd.snapshots import proxy as snapshot_proxy
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,39 @@ def check_socket(path: Path) -> None:
     raise FailedPrecondition(f"another daemon is already serving on {path}")
 
 
+# containerd accepts a proxy plugin's type as the short name or the plugin type string.
+_SNAPSHOT_PROXY_TYPES = ("snapshot", str(PluginType.SNAPSHOT))
+_CONTENT_PROXY_TYPES = ("content", str(PluginType.CONTENT))
+
+
+def proxy_registrations(cfg: configmod.Config) -> list[Registration[Any, Any]]:
+    """A registration for each ``[proxy_plugins.<name>]`` (containerd's LoadPlugins).
+
+    Only snapshotters can be proxied. containerd merely warns about an unknown type and
+    registers a broken plugin; refusing the config is clearer than a daemon without the
+    plugin it was told to have.
+
+    Raises:
+        InvalidArgument: a type other than snapshot (content proxies included), no
+            address, or a bad platform; the message names the entry.
+    """
+    regs: list[Registration[Any, Any]] = []
+    for name, pp in cfg.proxy_plugins.items():
+        if pp.type in _SNAPSHOT_PROXY_TYPES:
+            regs.append(snapshot_proxy.registration(name, pp.address, pp.platform))
+        elif pp.type in _CONTENT_PROXY_TYPES:
+            raise InvalidArgument(
+                f"config proxy_plugins.{name}: type {pp.type!r}: content proxy plugins are "
+                'not supported (only type "snapshot" is)'
+            )
+        else:
+            raise InvalidArgument(
+                f"config proxy_plugins.{name}: unknown proxy plugin type {pp.type!r} "
+                '(supported: "snapshot")'
+            )
+    return regs
+
+
 class Server:
     def __init__(self, cfg: configmod.Config, registrations: list[Registration[Any, Any]]):
         self.config = cfg
@@ -80,9 +114,31 @@ class Server:
         self.state = Path(cfg.state)
         self.address = Path(cfg.grpc.address)
         self.plugins = PluginSet()
-        self._registrations = registrations
+        self._registrations = list(registrations)  # proxy plugins are added at start
+        self._proxies_added = False
         self._grpc: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
+
+    def _add_proxy_registrations(self) -> None:
+        """Append the proxy plugins to the built-ins, before the graph is ordered, so
+        that plugins requiring their type (metadata requires every snapshotter) get
+        them.
+
+        Raises:
+            InvalidArgument: a bad proxy_plugins entry, or one whose name a built-in
+                plugin of the same type already has.
+        """
+        if self._proxies_added:
+            return
+        known = {r.uri for r in self._registrations}
+        for reg in proxy_registrations(self.config):
+            if reg.uri in known:
+                raise InvalidArgument(
+                    f"config proxy_plugins.{reg.id}: plugin {reg.uri} is already registered"
+                )
+            self._registrations.append(reg)
+            known.add(reg.uri)
+        self._proxies_added = True
 
     def _check_plugin_config(self) -> None:
         known = {r.uri: r for r in self._registrations}
@@ -109,6 +165,7 @@ class Server:
         Raises:
             StartupError / InvalidArgument / FailedPrecondition: see the module docstring.
         """
+        self._add_proxy_registrations()
         self._check_plugin_config()
         for d in (self.root, self.state):
             d.mkdir(parents=True, exist_ok=True, mode=0o711)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pycontainerd.plugin import InitContext, PluginType, Registration
 from pycontainerd.plugin.registry import Platform
+from pycontainerd.snapshots.btrfs import BtrfsSnapshotter
 from pycontainerd.snapshots.native import NativeSnapshotter
 from pycontainerd.snapshots.overlay import OverlaySnapshotter
 
@@ -52,3 +53,16 @@ OVERLAYFS = Registration(
 NATIVE = Registration(
     type=PluginType.SNAPSHOT, id="native", init=_init_native, config=NativeConfig()
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BtrfsConfig:
+    root_path: str = ""
+
+
+async def _init_btrfs(ic: InitContext[BtrfsConfig]) -> BtrfsSnapshotter:
+    # Raises SkipPlugin when the root is not on btrfs, as containerd's plugin does.
+    return await BtrfsSnapshotter.open(_root(ic, ic.config.root_path))
+
+
+BTRFS = Registration(type=PluginType.SNAPSHOT, id="btrfs", init=_init_btrfs, config=BtrfsConfig())
