@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from google.protobuf import any_pb2, json_format
 
 from pycontainerd import __version__
 from pycontainerd.client import Client
 from pycontainerd.errdefs import ContainerdError
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = []
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -178,6 +181,11 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("events", aliases=["event"], help="print events as they happen")
     ev.add_argument("filters", nargs="*")
     ev.set_defaults(fn=cmd_events)
+
+    # Command groups that live in their own modules (cli/ctr_<area>.py), each with
+    # ``add_commands(subparsers)`` registering parsers whose ``fn(client, args)`` runs them.
+    for add_commands in COMMAND_GROUPS:
+        add_commands(sub)
     return p
 
 
