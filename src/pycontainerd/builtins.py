@@ -9,6 +9,7 @@ from pycontainerd.diff import plugin as diff_plugin
 from pycontainerd.events import plugin as events_plugin
 from pycontainerd.metadata import plugin as metadata_plugin
 from pycontainerd.plugin import Registration
+from pycontainerd.services.containers import plugin as containers_service
 from pycontainerd.services.content import plugin as content_service
 from pycontainerd.services.diff import plugin as diff_service
 from pycontainerd.services.events import plugin as events_service
@@ -34,9 +35,11 @@ def registrations() -> list[Registration[Any, Any]]:
         metadata_plugin.SCHEDULER,
         introspection_service.LOCAL,
         images_service.LOCAL,
+        containers_service.LOCAL,
         leases_service.LOCAL,
         namespaces_service.LOCAL,
         introspection_service.GRPC,
+        containers_service.GRPC,
         content_service.GRPC,
         diff_service.GRPC,
         events_service.GRPC,

@@ -18,9 +18,13 @@ Schema (version in ``PRAGMA user_version``)::
     sequences(name PK, value)
     snapshots(namespace, snapshotter, key PK, backend_key, parent, kind, labels JSON,
               created_at, updated_at)
+    containers(namespace, id PK, labels JSON, image, runtime_name, runtime_options_type,
+               runtime_options, spec_type, spec, snapshotter, snapshot_key,
+               extensions JSON, sandbox, created_at, updated_at)
 
-Objects are keyed by namespace. Blobs and images keep their namespace alive (a
-namespace that holds them cannot be deleted); ingests and leases go with it.
+Objects are keyed by namespace. Blobs, images, containers and snapshots keep their
+namespace alive (a namespace that holds them cannot be deleted); ingests and leases go
+with it.
 
 Later capabilities add their tables as new migrations; a migration never edits an
 earlier one.
@@ -118,6 +122,28 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (namespace, snapshotter, key)
     );
     CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
+    """,
+    # Any-typed fields (runtime options, spec) are a type URL and bytes, NULL when
+    # unset; extensions are JSON {key: [type_url, base64 bytes]}.
+    """
+    CREATE TABLE containers (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        id TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        image TEXT NOT NULL DEFAULT '',
+        runtime_name TEXT NOT NULL,
+        runtime_options_type TEXT,
+        runtime_options BLOB,
+        spec_type TEXT,
+        spec BLOB,
+        snapshotter TEXT NOT NULL DEFAULT '',
+        snapshot_key TEXT NOT NULL DEFAULT '',
+        extensions TEXT NOT NULL DEFAULT '{}',
+        sandbox TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, id)
+    );
     """,
 )
 

@@ -1,6 +1,7 @@
 """Mark and sweep over the metadata database, then the backends.
 
-One write transaction scans every namespace for roots, marks what they reach (rules
+One write transaction scans every namespace for roots (images, containers, leases,
+live ingests, objects labelled gc.root), marks what they reach (rules
 in ``pycontainerd.gc``) and deletes the unreached metadata: blob records, expired
 ingests and expired leases. Because all metadata writes run on the database's single
 thread, nothing can be added between the mark and the sweep. The content backend is
@@ -68,6 +69,8 @@ def scan_roots(conn: sqlite3.Connection, now: datetime.datetime) -> Iterator[Nod
     for ns, digest, labels_text in conn.execute("SELECT namespace, digest, labels FROM images"):
         yield Node(Resource.CONTENT, ns, digest)
         yield from gc.label_refs(ns, _labels(labels_text))
+    for ns, cid in conn.execute("SELECT namespace, id FROM containers"):
+        yield Node(Resource.CONTAINER, ns, cid)
     for ns, ref, expire_at in conn.execute("SELECT namespace, ref, expire_at FROM ingests"):
         if expire_at is not None and expire_at > now_ns:
             yield Node(Resource.INGEST, ns, ref)
@@ -101,6 +104,8 @@ def references(conn: sqlite3.Connection, node: Node) -> Iterable[Node]:
         if node.type == Resource.SNAPSHOT_FLAT:
             return parent
         return [*parent, *gc.label_refs(node.namespace, _labels(row[1]))]
+    if node.type == Resource.CONTAINER:
+        return _container_refs(conn, node)
     if node.type == Resource.INGEST:
         row = conn.execute(
             "SELECT expected FROM ingests WHERE namespace = ? AND ref = ?",
@@ -109,6 +114,22 @@ def references(conn: sqlite3.Connection, node: Node) -> Iterable[Node]:
         if row and row[0]:
             return (Node(Resource.CONTENT, node.namespace, row[0]),)
     return ()
+
+
+def _container_refs(conn: sqlite3.Connection, node: Node) -> list[Node]:
+    # A container holds its root filesystem snapshot and what its gc.ref labels name.
+    row = conn.execute(
+        "SELECT snapshotter, snapshot_key, labels FROM containers WHERE namespace = ? AND id = ?",
+        (node.namespace, node.key),
+    ).fetchone()
+    if row is None:
+        return []
+    snapshotter, snapshot_key, labels_text = row
+    refs = []
+    if snapshotter:
+        refs.append(Node(Resource.SNAPSHOT, node.namespace, f"{snapshotter}/{snapshot_key}"))
+    refs.extend(gc.label_refs(node.namespace, _labels(labels_text)))
+    return refs
 
 
 @dataclass

@@ -23,6 +23,7 @@ class Namespace:
 _HOLDINGS: tuple[tuple[str, str], ...] = (
     ("images", "SELECT 1 FROM images WHERE namespace = ? LIMIT 1"),
     ("blobs", "SELECT 1 FROM blobs WHERE namespace = ? LIMIT 1"),
+    ("containers", "SELECT 1 FROM containers WHERE namespace = ? LIMIT 1"),
 )
 # Snapshots are named per snapshotter: 'snapshots on "overlayfs" snapshotter'.
 _SNAPSHOTTERS_QUERY = "SELECT DISTINCT snapshotter FROM snapshots WHERE namespace = ? ORDER BY 1"

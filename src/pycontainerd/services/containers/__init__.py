@@ -1,0 +1,1 @@
+"""The Containers service: container records (configuration, not processes)."""
