@@ -71,7 +71,7 @@ class Ctr:
             proc.stderr.decode(errors="replace"),
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"ctr {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+            raise AssertionError(f"ctr {' '.join(args)} failed ({proc.returncode}):\n{result.stderr}")
         return result
 
 
