@@ -1,6 +1,7 @@
 """`make demo`: start pycontainerd in a temporary root with its built-in default
 configuration, drive it with Debian's Go `ctr` (server version, plugins, a namespace,
-an image built from busybox-static imported and checked), and stop it cleanly."""
+an image built from busybox-static imported and unpacked, a container run through our
+shim and runc that prints a line), and stop it cleanly."""
 
 from __future__ import annotations
 
@@ -37,9 +38,17 @@ def main() -> int:
             build.write_oci_archive(
                 build.make_image(build.busybox_files()), archive, "docker.io/library/busybox:demo"
             )
-            ctr(daemon, "images", "import", "--no-unpack", str(archive))
+            ctr(daemon, "images", "import", str(archive))
             ctr(daemon, "images", "ls")
-            ctr(daemon, "content", "ls")
+            ctr(
+                daemon,
+                "run",
+                "--rm",
+                "docker.io/library/busybox:demo",
+                "demo",
+                "echo",
+                "hello from a container run by pycontainerd",
+            )
             ctr(daemon, "images", "rm", "--sync", "docker.io/library/busybox:demo")
             print("stopping pycontainerd", flush=True)
         print(f"pycontainerd stopped cleanly (exit status {daemon.proc.returncode})")

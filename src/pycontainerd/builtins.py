@@ -9,6 +9,7 @@ from pycontainerd.diff import plugin as diff_plugin
 from pycontainerd.events import plugin as events_plugin
 from pycontainerd.metadata import plugin as metadata_plugin
 from pycontainerd.plugin import Registration
+from pycontainerd.runtime.v2 import plugin as runtime_v2_plugin
 from pycontainerd.services.containers import plugin as containers_service
 from pycontainerd.services.content import plugin as content_service
 from pycontainerd.services.diff import plugin as diff_service
@@ -19,6 +20,7 @@ from pycontainerd.services.introspection import plugin as introspection_service
 from pycontainerd.services.leases import plugin as leases_service
 from pycontainerd.services.namespaces import plugin as namespaces_service
 from pycontainerd.services.snapshots import plugin as snapshots_service
+from pycontainerd.services.tasks import plugin as tasks_service
 from pycontainerd.services.version import plugin as version_service
 from pycontainerd.snapshots import plugin as snapshots_plugin
 
@@ -33,11 +35,13 @@ def registrations() -> list[Registration[Any, Any]]:
         diff_plugin.REGISTRATION,
         events_plugin.REGISTRATION,
         metadata_plugin.SCHEDULER,
+        runtime_v2_plugin.REGISTRATION,
         introspection_service.LOCAL,
         images_service.LOCAL,
         containers_service.LOCAL,
         leases_service.LOCAL,
         namespaces_service.LOCAL,
+        tasks_service.LOCAL,
         introspection_service.GRPC,
         containers_service.GRPC,
         content_service.GRPC,
@@ -48,5 +52,6 @@ def registrations() -> list[Registration[Any, Any]]:
         leases_service.GRPC,
         namespaces_service.GRPC,
         snapshots_service.GRPC,
+        tasks_service.GRPC,
         version_service.GRPC,
     ]

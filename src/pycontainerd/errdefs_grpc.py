@@ -7,7 +7,7 @@ namespace from the ``containerd-namespace`` header and turns a raised error kind
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,47 +19,20 @@ from pycontainerd import errdefs, leases, namespaces
 
 logger = logging.getLogger(__name__)
 
-_TO_CODE: tuple[tuple[type[errdefs.ContainerdError], grpc.StatusCode], ...] = (
-    (errdefs.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (errdefs.NotFound, grpc.StatusCode.NOT_FOUND),
-    (errdefs.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (errdefs.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (errdefs.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (errdefs.NotImplemented_, grpc.StatusCode.UNIMPLEMENTED),
-    (errdefs.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
-)
-
-_FROM_CODE: dict[grpc.StatusCode, type[errdefs.ContainerdError]] = {
-    code: cls for cls, code in _TO_CODE
-}
+_STATUS_CODES: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def to_grpc(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message containerd would send for this error."""
-    if isinstance(exc, errdefs.ContainerdError):
-        for cls, code in _TO_CODE:
-            if isinstance(exc, cls):
-                return code, str(exc)
-        return grpc.StatusCode.UNKNOWN, str(exc)
-    if isinstance(exc, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED, "context canceled"
-    if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded"
-    return grpc.StatusCode.UNKNOWN, str(exc) or type(exc).__name__
+    code, message = errdefs.status_of(exc)
+    return _STATUS_CODES[code], message
 
 
 def from_grpc(err: grpc.aio.AioRpcError | grpc.RpcError) -> errdefs.ContainerdError:
-    """Rebuild the error kind from a status, dropping the kind's own suffix so that
-    ``str()`` of the result reads exactly as the server's message."""
+    """Rebuild the error kind from a status; ``str()`` of it reads as the server's message."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else "") or ""
-    cls = _FROM_CODE.get(code, errdefs.Unknown)
-    suffix = ": " + cls.kind
-    if details == cls.kind:
-        details = ""
-    elif details.endswith(suffix):
-        details = details[: -len(suffix)]
-    return cls(details)
+    return errdefs.from_status(code.value[0], details)
 
 
 def _headers_from(metadata: Any) -> tuple[str | None, str | None]:
@@ -119,8 +92,11 @@ def _wrap_stream(
         except Exception as exc:
             await _abort(context, exc)
         finally:
-            leases.reset(lease_token)
-            namespaces.reset(token)
+            # grpc may close the generator from another context (a cancelled stream),
+            # where the tokens cannot be reset; each call runs in its own task anyway.
+            with contextlib.suppress(ValueError):
+                leases.reset(lease_token)
+                namespaces.reset(token)
 
     return handler
 

@@ -71,7 +71,9 @@ class Ctr:
             proc.stderr.decode(errors="replace"),
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"ctr {' '.join(args)} failed ({proc.returncode}):\n{result.stderr}")
+            raise AssertionError(
+                f"ctr {' '.join(args)} failed ({proc.returncode}):\n{result.stderr}"
+            )
         return result
 
 

@@ -134,8 +134,11 @@ async def test_scheduler_runs_on_mutations_and_on_demand(tmp_path: Path) -> None
         with namespaces.with_namespace("n"):
             for i in range(3):
                 await _write(store, f"blob{i}".encode())
-        # three commits cross the threshold; wait for the collection they trigger
+        # The commits cross the threshold (a write counts more than one mutation, so the
+        # collection may start before the last commit); wait for the collection they
+        # trigger, then one on demand, which sees everything.
         await asyncio.wait_for(sched.wait_for_collection(before), 10)
+        await asyncio.wait_for(sched.schedule_and_wait(), 10)
         assert {i.digest async for i in backend.walk()} == set()
     finally:
         await sched.aclose()

@@ -16,6 +16,7 @@ from pathlib import Path
 from pycontainerd import __version__, builtins, log
 from pycontainerd import config as configmod
 from pycontainerd.errdefs import ContainerdError
+from pycontainerd.runtime.v2 import publish as publish_cmd
 from pycontainerd.server.server import Server, check_socket
 from pycontainerd.snapshots import serve as snapshot_serve
 from pycontainerd.snapshots.interface import Snapshotter
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", "-l", help="trace, debug, info, warn, error, fatal, panic")
     p.add_argument("--log-format", help="text or json")
     sub = p.add_subparsers(dest="command")
+    publish_cmd.add_parser(sub)
     cfg = sub.add_parser("config", help="show the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("default", help="print the full default configuration")
@@ -181,6 +183,8 @@ def sd_notify(state: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "publish":
+        return publish_cmd.main(args, args.address or configmod.DEFAULT_ADDRESS)
     if args.command == "snapshotter":
         return _snapshotter_main(args)
     if args.command == "config" and args.config_command == "default":

@@ -1,0 +1,1 @@
+"""Runtime v2: the daemon side of containerd's shim API."""

@@ -1,0 +1,445 @@
+"""The shim manager: start, find, reconnect and clean up shims (runtime/v2/manager.go).
+
+Tasks are kept per (namespace, id). Creating a task makes its bundle, starts the shim
+binary there, connects to the address it prints, and asks it to create the task; any
+failure undoes what was done. When a shim's connection drops without the daemon asking
+(the shim died), ``<shim> delete`` cleans up after it, the bundle is removed, and
+``/tasks/exit`` and ``/tasks/delete`` are published with the status the delete
+reported (255 if it could not run), as containerd does.
+
+On start-up every bundle under ``<state>/<ns>/`` is visited: a shim that answers on the
+address in its bundle is adopted (its tasks keep running across daemon restarts);
+for one that does not, ``<shim> delete`` runs and the bundle goes. Work directories
+with no live task are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from pycontainerd import namespaces
+from pycontainerd._api.containerd.events import task_pb2 as events_pb
+from pycontainerd.errdefs import (
+    AlreadyExists,
+    ContainerdError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unknown,
+)
+from pycontainerd.events.exchange import Exchange
+from pycontainerd.identifiers import go_quote
+from pycontainerd.runtime import CreateOpts, Exit
+from pycontainerd.runtime.v2 import bundle as bundlemod
+from pycontainerd.runtime.v2.binary import ShimBinary, binary_name, parse_address
+from pycontainerd.runtime.v2.bundle import Bundle
+from pycontainerd.runtime.v2.shim import LOAD_TIMEOUT, ShimLog, ShimTask
+from pycontainerd.services.timestamps import to_pb
+from pycontainerd.ttrpc.client import Client
+
+logger = logging.getLogger(__name__)
+
+TASK_EXIT_TOPIC = "/tasks/exit"
+TASK_DELETE_TOPIC = "/tasks/delete"
+# containerd reports a task whose shim died without telling us how as exit 255.
+UNKNOWN_EXIT_STATUS = 255
+
+ContainerRuntime = Callable[[str, str], Awaitable[str]]
+"""(namespace, container id) -> the container's runtime name; raises NotFound."""
+
+
+def find_executable(name: str) -> str | None:
+    """An executable ``name``: an absolute path as is, otherwise next to the running
+    Python's scripts (our virtualenv's console scripts) first, then on PATH."""
+    if os.path.isabs(name):
+        return name if os.access(name, os.X_OK) and os.path.isfile(name) else None
+    beside = Path(sys.executable).parent / name
+    if os.access(beside, os.X_OK) and beside.is_file():
+        return str(beside)
+    return shutil.which(name)
+
+
+class ShimManager:
+    """Runtime v2: tasks served by shims. Methods use the caller's namespace."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        state: Path,
+        address: str,
+        ttrpc_address: str,
+        publish_binary: str,
+        events: Exchange,
+        runtimes: Mapping[str, str] | None = None,
+        container_runtime: ContainerRuntime | None = None,
+        debug: bool = False,
+    ) -> None:
+        self.root = root
+        self.state = state
+        self._address = address
+        self._ttrpc_address = ttrpc_address
+        self._publish_binary = publish_binary
+        self._events = events
+        self._runtimes = dict(runtimes or {})
+        self._container_runtime = container_runtime
+        self._debug = debug
+        self._tasks: dict[tuple[str, str], ShimTask] = {}
+        self._reserved: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- runtime names ---------------------------------------------------------------
+
+    def resolve_runtime_path(self, runtime: str) -> str:
+        """The shim binary for a runtime name or path.
+
+        A name configured in ``runtimes`` maps to its binary; otherwise, as containerd:
+        an absolute path is used as is, and ``io.containerd.X.vN`` is
+        ``containerd-shim-X-vN`` (looked up beside our own scripts, then on PATH).
+
+        Raises:
+            InvalidArgument: an empty or malformed name.
+            NotFound: a configured binary or an absolute path does not exist.
+            Unknown: no shim binary for the name is installed (as containerd answers).
+        """
+        if not runtime:
+            raise InvalidArgument("no runtime name")
+        configured = self._runtimes.get(runtime)
+        if configured:
+            found = find_executable(configured)
+            if found is None:
+                raise NotFound(
+                    f"runtime {go_quote(runtime)}: configured shim binary "
+                    f"{go_quote(configured)} not found"
+                )
+            return found
+        if os.path.isabs(runtime):
+            if not os.path.exists(runtime):
+                raise NotFound(f"invalid custom binary path: {runtime}")
+            return runtime
+        name = binary_name(runtime)
+        if not name:
+            raise InvalidArgument(
+                f"invalid runtime name {runtime}, correct runtime name should be either "
+                "format like `io.containerd.runc.v1` or a full path to the binary"
+            )
+        found = find_executable(name)
+        if found is None:
+            # containerd wraps os.ErrNotExist here, which reaches clients as unknown
+            raise Unknown(
+                f"runtime {go_quote(runtime)} binary not installed {go_quote(name)}: "
+                "file does not exist"
+            )
+        return found
+
+    def _binary(self, bundle: Bundle, path: str) -> ShimBinary:
+        return ShimBinary(
+            path=path,
+            id=bundle.id,
+            namespace=bundle.namespace,
+            bundle=bundle.path,
+            address=self._address,
+            ttrpc_address=self._ttrpc_address,
+            publish_binary=self._publish_binary,
+            debug=self._debug,
+        )
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def get(self, id_: str) -> ShimTask:
+        """The task ``id_`` in the current namespace.
+
+        Raises:
+            NotFound: there is no such task.
+        """
+        ns = namespaces.required()
+        task = self._tasks.get((ns, id_))
+        if task is None:
+            raise NotFound(f"task {id_}")
+        return task
+
+    def tasks(self, all_namespaces: bool = False) -> list[ShimTask]:
+        """The tasks of the current namespace (or of every namespace)."""
+        if all_namespaces:
+            return list(self._tasks.values())
+        ns = namespaces.required()
+        return [t for (tns, _), t in self._tasks.items() if tns == ns]
+
+    async def create(self, id_: str, opts: CreateOpts) -> tuple[ShimTask, int]:
+        """Start a shim for a new task and create the task in it.
+
+        Returns the task and its init pid. On failure the shim is told to go away and
+        the bundle is removed.
+
+        Raises:
+            AlreadyExists: a task with this id exists in the namespace.
+            InvalidArgument / NotFound / Unknown: a bad id, spec or runtime name.
+            what the shim answers (runc's error for a bad spec, for example).
+        """
+        ns = namespaces.required()
+        key = (ns, id_)
+        if key in self._tasks or key in self._reserved:
+            raise AlreadyExists(f"task {id_}")
+        self._reserved.add(key)
+        try:
+            return await self._create(ns, id_, opts)
+        finally:
+            self._reserved.discard(key)
+
+    async def _create(self, ns: str, id_: str, opts: CreateOpts) -> tuple[ShimTask, int]:
+        try:
+            shim_path = self.resolve_runtime_path(opts.runtime)
+        except ContainerdError as exc:
+            raise type(exc)(
+                f"failed to start shim: failed to resolve runtime path: {exc.message}"
+            ) from exc
+        try:
+            bundle = await asyncio.to_thread(
+                bundlemod.new_bundle, self.root, self.state, ns, id_, opts.spec
+            )
+        except FileExistsError as exc:
+            raise AlreadyExists(f"task {id_}: bundle {exc.filename} exists") from exc
+        task: ShimTask | None = None
+        try:
+            task = await self._start_shim(bundle, shim_path, opts)
+            self._tasks[(ns, id_)] = task
+            pid = await task.create(opts)
+        except BaseException as exc:
+            self._tasks.pop((ns, id_), None)
+            await self._undo_create(bundle, task)
+            if isinstance(exc, ContainerdError) and task is not None:
+                raise type(exc)(f"failed to create shim task: {exc.message}") from exc
+            raise
+        return task, pid
+
+    async def _start_shim(self, bundle: Bundle, shim_path: str, opts: CreateOpts) -> ShimTask:
+        binary = self._binary(bundle, shim_path)
+        log = ShimLog(bundle)
+        log.open()
+        try:
+            address = await binary.start(opts.options)
+            client = await Client.connect(address.path)
+        except ContainerdError as exc:
+            log.close()
+            raise type(exc)(f"failed to start shim: {exc.message}") from exc
+        except BaseException:
+            log.close()
+            raise
+        task = ShimTask(bundle, client, binary, log, self._shim_lost)
+        try:
+            await asyncio.to_thread(bundle.shim_binary_file.write_text, shim_path)
+        except BaseException:
+            await task.close()
+            raise
+        return task
+
+    async def _undo_create(self, bundle: Bundle, task: ShimTask | None) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                if task is not None:
+                    with contextlib.suppress(ContainerdError):
+                        await task.delete_process()
+                    await task.shutdown()
+                    await task.close()
+        try:
+            await asyncio.to_thread(bundle.delete)
+        except OSError:
+            logger.exception("removing bundle %s", bundle.path)
+
+    async def delete(self, id_: str) -> Exit:
+        """Delete a stopped task, stop its shim and remove its bundle.
+
+        Raises:
+            NotFound: no such task.
+            FailedPrecondition (from the shim): the task is still running.
+        """
+        task = self.get(id_)
+        key = (task.namespace, task.id)
+        shim_error: ContainerdError | None = None
+        exit_: Exit | None = None
+        try:
+            exit_ = await task.delete_process()
+        except (NotFound, Unavailable) as exc:
+            shim_error = exc  # the shim is gone or forgot the task: clean up anyway
+        self._tasks.pop(key, None)
+        await task.shutdown()
+        await task.close()
+        try:
+            await asyncio.to_thread(task.bundle.delete)
+        except OSError:
+            logger.exception("removing bundle %s", task.bundle.path)
+        if exit_ is None:
+            assert shim_error is not None
+            raise shim_error
+        return exit_
+
+    # -- dead shims ------------------------------------------------------------------
+
+    def _shim_lost(self, task: ShimTask) -> None:
+        job = asyncio.get_running_loop().create_task(self._cleanup_after_dead_shim(task))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _cleanup_after_dead_shim(self, task: _ShimRef) -> None:
+        ns, id_ = task.namespace, task.id
+        logger.warning("cleaning up after shim disconnected: %s/%s", ns, id_)
+        exit_: Exit | None = None
+        try:
+            exit_ = await task.binary.delete()
+        except (ContainerdError, OSError, TimeoutError) as exc:
+            logger.warning("failed to clean up after shim %s/%s: %s", ns, id_, exc)
+        try:
+            await asyncio.to_thread(task.bundle.delete)
+        except OSError:
+            logger.exception("removing bundle %s", task.bundle.path)
+        if self._tasks.get((ns, id_)) is not task:
+            return  # deleted on purpose meanwhile, or never listed
+        del self._tasks[(ns, id_)]
+        if exit_ is None:
+            exit_ = Exit(pid=0, status=UNKNOWN_EXIT_STATUS, timestamp_ns=_now_ns())
+        exited_at = to_pb(exit_.timestamp_ns or _now_ns())
+        with namespaces.with_namespace(ns):
+            await self._events.publish(
+                TASK_EXIT_TOPIC,
+                events_pb.TaskExit(
+                    container_id=id_,
+                    id=id_,
+                    pid=exit_.pid,
+                    exit_status=exit_.status,
+                    exited_at=exited_at,
+                ),
+            )
+            await self._events.publish(
+                TASK_DELETE_TOPIC,
+                events_pb.TaskDelete(
+                    container_id=id_,
+                    pid=exit_.pid,
+                    exit_status=exit_.status,
+                    exited_at=exited_at,
+                ),
+            )
+
+    # -- start-up --------------------------------------------------------------------
+
+    async def load_existing(self) -> None:
+        """Adopt the shims of a previous daemon; clean up after the dead ones."""
+        for ns_dir in await asyncio.to_thread(_subdirs, self.state):
+            ns = ns_dir.name
+            with namespaces.with_namespace(ns):
+                for task_dir in await asyncio.to_thread(_subdirs, ns_dir):
+                    try:
+                        await self._load_shim(ns, task_dir.name)
+                    except Exception:
+                        logger.exception("loading task %s/%s", ns, task_dir.name)
+                await asyncio.to_thread(self._cleanup_work_dirs, ns)
+
+    async def _load_shim(self, ns: str, id_: str) -> None:
+        bundle = bundlemod.load_bundle(self.state, ns, id_)
+        if not await asyncio.to_thread(lambda: any(bundle.path.iterdir())):
+            await asyncio.to_thread(bundle.delete)
+            return
+        runtime = ""
+        with contextlib.suppress(FileNotFoundError):
+            runtime = (await asyncio.to_thread(bundle.shim_binary_file.read_text)).strip()
+        if not runtime and self._container_runtime is not None:
+            with contextlib.suppress(NotFound):
+                runtime = await self._container_runtime(ns, id_)
+        try:
+            shim_path = self.resolve_runtime_path(runtime)
+        except ContainerdError as exc:
+            logger.error("task %s/%s: cannot resolve its shim (%s); removing bundle", ns, id_, exc)
+            await asyncio.to_thread(bundle.delete)
+            return
+        binary = self._binary(bundle, shim_path)
+        client: Client | None = None
+        log: ShimLog | None = None
+        task: ShimTask | None = None
+        try:
+            text = await asyncio.to_thread(bundle.address_file.read_text)
+            address = parse_address(text)
+            async with asyncio.timeout(LOAD_TIMEOUT):
+                client = await Client.connect(address.path)
+                log = ShimLog(bundle)
+                log.open()
+                task = ShimTask(bundle, client, binary, log, self._shim_lost)
+                await task.connect()
+        except (ContainerdError, OSError, TimeoutError) as exc:
+            logger.info("shim of task %s/%s is gone (%s): cleaning up", ns, id_, exc)
+            if task is not None:
+                await task.close()
+            else:
+                if log is not None:
+                    log.close()
+                if client is not None:
+                    await client.close()
+            await self._cleanup_after_dead_shim(_Dead(bundle, binary))
+            return
+        self._tasks[(ns, id_)] = task
+        logger.info("reconnected to shim of task %s/%s", ns, id_)
+
+    def _cleanup_work_dirs(self, ns: str) -> None:
+        work_root = self.root / ns
+        for work in _subdirs(work_root, include_hidden=True):
+            if (ns, work.name) not in self._tasks:
+                shutil.rmtree(work, ignore_errors=True)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Disconnect from every shim; the shims and their tasks keep running."""
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(Exception):
+                await task.close()
+        self._tasks.clear()
+        for job in list(self._background):
+            job.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+class _ShimRef(Protocol):
+    """What the dead-shim clean-up needs: a ``ShimTask``, or a ``_Dead`` one."""
+
+    @property
+    def bundle(self) -> Bundle: ...
+    @property
+    def binary(self) -> ShimBinary: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+
+
+class _Dead:
+    """A shim we could not reconnect to."""
+
+    def __init__(self, bundle: Bundle, binary: ShimBinary) -> None:
+        self.bundle = bundle
+        self.binary = binary
+        self.namespace = bundle.namespace
+        self.id = bundle.id
+
+
+def _subdirs(path: Path, include_hidden: bool = False) -> list[Path]:
+    try:
+        entries = list(path.iterdir())
+    except FileNotFoundError:
+        return []
+    return [
+        e
+        for e in entries
+        if e.is_dir() and not e.is_symlink() and (include_hidden or not e.name.startswith("."))
+    ]
+
+
+def _now_ns() -> int:
+    return time.time_ns()

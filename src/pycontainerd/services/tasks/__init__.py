@@ -1,0 +1,1 @@
+"""The Tasks service: containers' running processes, through runtime v2."""

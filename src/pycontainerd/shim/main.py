@@ -1,0 +1,162 @@
+"""``containerd-shim-pyrunc-v2``: the ``start`` and ``delete`` commands and the server.
+
+``start`` binds the shim socket, forks the server (no new interpreter, no heavy import
+before the fork) and prints the address once it is listening: connections made before
+the server's loop runs wait in the listen backlog.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+
+from pycontainerd.shim.address import (
+    Flags,
+    group_id,
+    parse_flags,
+    socket_address,
+    socket_path,
+    state_root,
+)
+
+SHIM_VERSION = 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        flags = parse_flags(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+    if not flags.namespace:
+        flags.namespace = os.environ.get("NAMESPACE", "")
+    if not flags.namespace:
+        print("shim namespace cannot be empty", file=sys.stderr)
+        sys.exit(1)
+    if flags.action == "start":
+        sys.exit(start(flags))
+    if flags.action == "delete":
+        sys.exit(delete(flags))
+    print(f"unknown shim command {flags.action!r}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _bundle(flags: Flags) -> str:
+    return flags.bundle or os.getcwd()
+
+
+def start(flags: Flags) -> int:
+    bundle = _bundle(flags)
+    root = state_root(bundle, os.environ.get("MAX_SHIM_VERSION"))
+    address = socket_address(flags.address, flags.namespace, group_id(bundle, flags.id), root)
+    try:
+        listener = _listen(socket_path(address))
+    except OSError as exc:
+        print(f"create shim socket {address}: {exc}", file=sys.stderr)
+        return 1
+    if listener is not None:
+        pid = os.fork()
+        if pid == 0:
+            _become_server(listener, flags, bundle, address)  # never returns
+        listener.close()
+        _write(os.path.join(bundle, "shim.pid"), str(pid))
+    _write(os.path.join(bundle, "address"), address)
+    _print_address(address)
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _print_address(address: str) -> None:
+    version = os.environ.get("MAX_SHIM_VERSION", "")
+    if version.isdigit() and int(version) >= SHIM_VERSION:
+        out = _json_string_safe(address) and (
+            f'{{"version": {SHIM_VERSION}, "address": "{address}", "protocol": "ttrpc"}}'
+        )
+        if not out:  # unusual characters: let json escape them
+            import json
+
+            out = json.dumps({"version": SHIM_VERSION, "address": address, "protocol": "ttrpc"})
+    else:
+        out = address
+    sys.stdout.write(out)
+    sys.stdout.flush()
+
+
+def _json_string_safe(text: str) -> bool:
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def _listen(path: str) -> socket.socket | None:
+    """A listening socket at ``path``, or None when a live shim of the group has it."""
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    for _ in range(2):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            if _alive(path):
+                return None
+            os.unlink(path)
+            continue
+        sock.listen(128)
+        return sock
+    raise OSError(errno.EADDRINUSE, f"{path} is in use")
+
+
+def _alive(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _become_server(listener: socket.socket, flags: Flags, bundle: str, address: str) -> None:
+    """The forked child: new session, stdio off containerd's pipes, then serve."""
+    code = 1
+    try:
+        os.setsid()
+        _redirect_stdio(bundle)
+        from pycontainerd.shim.server import serve
+
+        code = serve(listener, flags, address)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _redirect_stdio(bundle: str) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    try:
+        # containerd reads the bundle's ``log`` FIFO; without a reader, /dev/null.
+        log = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK)
+        os.set_blocking(log, True)
+    except OSError:
+        log = null
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    for fd in {null, log}:
+        if fd > 2:
+            os.close(fd)
+
+
+def delete(flags: Flags) -> int:
+    from pycontainerd.shim.cleanup import delete as clean_up
+
+    return clean_up(flags, _bundle(flags))

@@ -1,0 +1,48 @@
+"""The shim's server process: subreaper, ttrpc Task service, events publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+from pycontainerd.shim.address import Flags, socket_path
+from pycontainerd.shim.publish import Publisher
+from pycontainerd.shim.reaper import Reaper, set_subreaper
+from pycontainerd.shim.service import TaskService
+from pycontainerd.ttrpc import Server
+
+
+def serve(listener: socket.socket, flags: Flags, address: str) -> int:
+    """Serves until Shutdown with no containers left; returns the exit code."""
+    logging.basicConfig(
+        level=logging.DEBUG if flags.debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s shim %(name)s: %(message)s",
+    )
+    set_subreaper()
+    # The daemon's systemd notify socket would make runc wait for the container's READY.
+    os.environ.pop("NOTIFY_SOCKET", None)
+    try:
+        asyncio.run(_serve(listener, flags))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(socket_path(address))
+    return 0
+
+
+async def _serve(listener: socket.socket, flags: Flags) -> None:
+    reaper = Reaper()
+    reaper.install(asyncio.get_running_loop())
+    done = asyncio.Event()
+    publisher = Publisher(
+        os.environ.get("TTRPC_ADDRESS", ""), flags.address, flags.publish_binary, reaper
+    )
+    service = TaskService(flags.namespace, reaper, publisher, done.set)
+    server = Server()
+    service.register(server)
+    await server.serve_socket(listener)
+    await done.wait()
+    await publisher.close()
+    await server.close(grace=1.0)
