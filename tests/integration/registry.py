@@ -32,18 +32,41 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_registry(base: Path, timeout: float = 30) -> Iterator[Registry]:
-    """A plain-HTTP registry storing under ``base``; ready when ``/v2/`` answers."""
+def run_registry(
+    base: Path,
+    timeout: float = 30,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    htpasswd: Path | None = None,
+    token: tuple[str, str, str, Path] | None = None,
+) -> Iterator[Registry]:
+    """A registry storing under ``base``; ready when it logs that it listens.
+
+    Plain HTTP unless ``tls`` (certificate, key) is given; ``htpasswd`` (bcrypt entries)
+    turns on basic auth; ``token`` (realm, service, issuer, root certificate) turns on
+    bearer token auth.
+    """
     assert REGISTRY is not None
     port = _free_port()
     config = base / "config.yml"
-    config.write_text(
+    text = (
         "version: 0.1\n"
         "log:\n  level: info\n"
         f"storage:\n  filesystem:\n    rootdirectory: {base / 'data'}\n"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: pycontainerd-tests\n"
     )
+    if tls is not None:
+        text += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
+    if htpasswd is not None:
+        text += f"auth:\n  htpasswd:\n    realm: pycontainerd-tests\n    path: {htpasswd}\n"
+    if token is not None:
+        realm, service, issuer, root = token
+        text += (
+            f"auth:\n  token:\n    realm: {realm}\n    service: {service}\n"
+            f"    issuer: {issuer}\n    rootcertbundle: {root}\n"
+        )
+    config.write_text(text)
     log = base / "registry.log"
     proc = subprocess.Popen(
         [REGISTRY, "serve", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT

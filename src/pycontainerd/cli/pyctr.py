@@ -15,10 +15,27 @@ from typing import Any
 from google.protobuf import any_pb2, json_format
 
 from pycontainerd import __version__
+from pycontainerd.cli import (
+    ctr_containers,
+    ctr_content,
+    ctr_images,
+    ctr_leases,
+    ctr_run,
+    ctr_snapshots,
+    ctr_tasks,
+)
 from pycontainerd.client import Client
 from pycontainerd.errdefs import ContainerdError
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = []
+COMMAND_GROUPS: list[Callable[[Any], None]] = [
+    ctr_run.add_commands,
+    ctr_containers.add_commands,
+    ctr_tasks.add_commands,
+    ctr_images.add_commands,
+    ctr_content.add_commands,
+    ctr_snapshots.add_commands,
+    ctr_leases.add_commands,
+]
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:

@@ -15,13 +15,25 @@ from pycontainerd.client.aio import (
     ServerVersion,
 )
 from pycontainerd.client.blocking import Client
+from pycontainerd.client.containers import Container, ContainersAPI
+from pycontainerd.client.tasks import ExitStatus, Process, ProcessState, Task, TasksAPI
+from pycontainerd.client.types import Descriptor, Image
 
 __all__ = [
     "AsyncAPI",
     "AsyncClient",
     "Client",
+    "Container",
+    "ContainersAPI",
+    "Descriptor",
     "EventEnvelope",
+    "ExitStatus",
+    "Image",
     "Namespace",
     "PluginInfo",
+    "Process",
+    "ProcessState",
     "ServerVersion",
+    "Task",
+    "TasksAPI",
 ]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextvars
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -30,6 +31,16 @@ from pycontainerd._api.containerd.services.version.v1 import version_pb2_grpc
 from pycontainerd.config import DEFAULT_ADDRESS
 from pycontainerd.errdefs import NotFound
 from pycontainerd.errdefs_grpc import from_grpc
+
+if TYPE_CHECKING:
+    from pycontainerd.client.containers import Container, ContainersAPI
+    from pycontainerd.client.content import ContentAPI
+    from pycontainerd.client.images import ImagesAPI
+    from pycontainerd.client.leases import Lease, LeasesAPI
+    from pycontainerd.client.snapshots import SnapshotsAPI
+    from pycontainerd.client.tasks import TasksAPI
+    from pycontainerd.client.types import Descriptor, Image
+    from pycontainerd.oci.spec import SpecOpt
 
 Resp = TypeVar("Resp")
 
@@ -163,6 +174,72 @@ class AsyncClient:
                 raise from_grpc(exc) from None
         finally:
             call.cancel()
+
+    # -- images, content, snapshots and leases ---------------------------------------------
+
+    @property
+    def images(self) -> ImagesAPI:
+        from pycontainerd.client.images import ImagesAPI
+
+        return ImagesAPI(self)
+
+    @property
+    def content(self) -> ContentAPI:
+        from pycontainerd.client.content import ContentAPI
+
+        return ContentAPI(self)
+
+    def snapshots(self, name: str = "overlayfs") -> SnapshotsAPI:
+        """The snapshots of snapshotter ``name``."""
+        from pycontainerd.client.snapshots import SnapshotsAPI
+
+        return SnapshotsAPI(self, name)
+
+    @property
+    def leases(self) -> LeasesAPI:
+        from pycontainerd.client.leases import LeasesAPI
+
+        return LeasesAPI(self)
+
+    def lease(self, **kwargs: Any) -> AbstractAsyncContextManager[Lease]:
+        """A lease for the block: see ``pycontainerd.client.leases.lease``."""
+        from pycontainerd.client.leases import lease
+
+        return lease(self, **kwargs)
+
+    # -- containers and tasks ------------------------------------------------------------
+
+    @property
+    def containers(self) -> ContainersAPI:
+        from pycontainerd.client.containers import ContainersAPI
+
+        return ContainersAPI(self)
+
+    @property
+    def tasks(self) -> TasksAPI:
+        from pycontainerd.client.tasks import TasksAPI
+
+        return TasksAPI(self)
+
+    async def new_container(self, id: str, image: str, *opts: SpecOpt, **kwargs: Any) -> Container:
+        """``containers.new``: a container from an unpacked image (see there)."""
+        return await self.containers.new(id, image, *opts, **kwargs)
+
+    # -- registries ----------------------------------------------------------------------
+
+    async def pull(self, ref: str, **kwargs: Any) -> Image:
+        """Pull ``ref`` from its registry: see ``pycontainerd.client.pull.pull``."""
+        from pycontainerd.client.pull import pull
+
+        return await pull(self, ref, **kwargs)
+
+    async def push(
+        self, ref: str, image: str | Descriptor | None = None, **kwargs: Any
+    ) -> Descriptor:
+        """Push an image to ``ref``'s registry: see ``pycontainerd.client.push.push``."""
+        from pycontainerd.client.push import push
+
+        return await push(self, ref, image, **kwargs)
 
     # -- server --------------------------------------------------------------------------
 
