@@ -12,12 +12,18 @@ bench/cache/) once without unpacking, then per round imports it again into a fre
 namespace: the content is already in the store, so what is measured is mostly the
 unpack (Go ctr driving Snapshots.Prepare, Diff.Apply and Snapshots.Commit).
 
-Usage: python bench/run.py [--rounds N] [--only NAME ...]
+The task workloads (bench/tasks.py) run busybox containers through each daemon's own
+runc shim: ours maps io.containerd.runc.v2 to the Python shim by default (or, with
+--go-shim-for-ours, to containerd's Go shim, which separates the daemon's cost from
+the shim's); the memory workload prints MiB per running container below its row.
+
+Usage: python bench/run.py [--rounds N] [--only NAME ...] [--go-shim-for-ours]
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import statistics
@@ -33,7 +39,7 @@ from pycontainerd import harness
 
 if __package__ in (None, ""):  # run as a script: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import image
+from bench import content, image, tasks
 
 CTR = shutil.which("ctr") or "ctr"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -65,6 +71,12 @@ class Workload:
     ops: int  # operations per run, for per-op figures
     run: Callable[[Target, int], None]  # (target, round number)
     setup: Callable[[Target], None] | None = None  # once per target, not measured
+    before_round: Callable[[int], None] | None = None  # once per round, not measured
+    # Per target around each timed run, not measured; after_round runs even if it failed.
+    before_target: Callable[[Target, int], None] | None = None
+    after_round: Callable[[Target, int], None] | None = None
+    teardown: Callable[[Target], None] | None = None  # once per target, even on failure
+    report: Callable[[], list[str]] | None = None  # extra lines printed after the row
 
 
 def _version(t: Target, _: int) -> None:
@@ -95,13 +107,61 @@ def _unpack(t: Target, rnd: int) -> None:
     )
 
 
+class _ContentRound:
+    """A fresh 1 GiB blob per round, shared by both daemons, made before the round."""
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self.digest = ""
+
+    def prepare(self, rnd: int) -> None:
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="pycontainerd-bench-blob-"))
+            atexit.register(shutil.rmtree, self.dir, ignore_errors=True)
+        for old in self.dir.iterdir():
+            old.unlink()
+        self.digest = content.make_blob(self.dir / "blob")
+
+    def run(self, t: Target, rnd: int) -> None:
+        assert self.dir is not None
+        ctr = [CTR, "--address", str(t.daemon.address)]
+        content.ingest_and_get(ctr, f"bench-content-{rnd}", self.dir / "blob", self.digest)
+
+
+_content_round = _ContentRound()
+CONTENT = "content ingest+get 1 GiB"
 UNPACK = "unpack 1 GB image (5 gzip layers)"
+RUN = "ctr run --rm /bin/true"
+EXEC = "ctr task exec /bin/true"
+DETACHED = f"{tasks.DETACHED} detached containers started"
+MEMORY = f"memory: {tasks.DETACHED} running containers"
+_run = tasks.RunLatency()
+_exec = tasks.ExecLatency()
+_detached = tasks.Detached()
+_memory = tasks.Detached(measure_memory=True)
 WORKLOADS = [
     Workload("ctr version round trip", 1, _version),
     Workload("1,000 namespace create+delete", 1000, _namespaces),
+    Workload(CONTENT, 1, _content_round.run, before_round=_content_round.prepare),
     Workload(UNPACK, 1, _unpack, _unpack_setup),
-]
-ROUNDS = {"ctr version round trip": 30, "1,000 namespace create+delete": 3, UNPACK: 3}
+    Workload(RUN, 1, _run.run, _run.setup, after_round=_run.after_round, teardown=_run.teardown),
+    Workload(EXEC, 1, _exec.run, _exec.setup, teardown=_exec.teardown),
+    Workload(DETACHED, tasks.DETACHED, _detached.run, _detached.setup,
+             after_round=_detached.after_round, teardown=_detached.teardown),
+    Workload(MEMORY, tasks.DETACHED, _memory.run, _memory.setup,
+             before_target=_memory.before_target, after_round=_memory.after_round,
+             teardown=_memory.teardown, report=_memory.report),
+]  # fmt: skip
+ROUNDS = {
+    "ctr version round trip": 30,
+    "1,000 namespace create+delete": 3,
+    CONTENT: 3,
+    UNPACK: 3,
+    RUN: 20,
+    EXEC: 20,
+    DETACHED: 3,
+    MEMORY: 2,
+}
 
 
 def start_containerd(base: Path) -> harness.Daemon:
@@ -135,10 +195,22 @@ def start_containerd(base: Path) -> harness.Daemon:
     )
 
 
-def start_pycontainerd(base: Path) -> harness.Daemon:
+GO_SHIM = "/usr/bin/containerd-shim-runc-v2"
+
+
+def start_pycontainerd(base: Path, shim: str | None = None) -> harness.Daemon:
+    """Our daemon; ``shim`` replaces its default runc shim (ours) with another binary."""
     root, state, address = base / "root", base / "state", base / "c.sock"
+    extra = ["--log-level", "warn"]
+    if shim is not None:
+        config = base / "config.toml"
+        config.write_text(
+            'version = 2\n[plugins."io.containerd.runtime.v2.task".runtimes'
+            f'."io.containerd.runc.v2"]\nbinary = "{shim}"\n'
+        )
+        extra += ["--config", str(config)]
     return harness.start(
-        harness.pycontainerd_argv(root, state, address, "--log-level", "warn"),
+        harness.pycontainerd_argv(root, state, address, *extra),
         address=address,
         root=root,
         state=state,
@@ -150,19 +222,43 @@ def measure(
     w: Workload, targets: list[Target], rounds: int
 ) -> dict[str, tuple[list[float], list[float]]]:
     results: dict[str, tuple[list[float], list[float]]] = {t.name: ([], []) for t in targets}
-    if w.setup is not None:
-        for t in targets:
-            w.setup(t)
-    for rnd in range(rounds):
-        order = targets if rnd % 2 == 0 else list(reversed(targets))
-        for t in order:
-            cpu0 = t.cpu_seconds()
-            t0 = time.perf_counter()
-            w.run(t, rnd)
-            wall = time.perf_counter() - t0
-            results[t.name][0].append(wall)
-            results[t.name][1].append(t.cpu_seconds() - cpu0)
+    try:
+        if w.setup is not None:
+            for t in targets:
+                w.setup(t)
+        for rnd in range(rounds):
+            if w.before_round is not None:
+                w.before_round(rnd)
+            order = targets if rnd % 2 == 0 else list(reversed(targets))
+            for t in order:
+                if w.before_target is not None:
+                    w.before_target(t, rnd)
+                try:
+                    cpu0 = t.cpu_seconds()
+                    t0 = time.perf_counter()
+                    w.run(t, rnd)
+                    wall = time.perf_counter() - t0
+                    results[t.name][0].append(wall)
+                    results[t.name][1].append(t.cpu_seconds() - cpu0)
+                finally:
+                    if w.after_round is not None:
+                        w.after_round(t, rnd)
+    finally:
+        if w.teardown is not None:
+            _teardown_all(w.teardown, targets)
     return results
+
+
+def _teardown_all(teardown: Callable[[Target], None], targets: list[Target]) -> None:
+    """``teardown`` for every target, even if one fails; the first error is raised."""
+    error: BaseException | None = None
+    for t in targets:
+        try:
+            teardown(t)
+        except Exception as exc:
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 def fmt_time(s: float) -> str:
@@ -177,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, help="override the rounds of every workload")
     p.add_argument("--only", nargs="*", help="substrings of workload names to run")
+    p.add_argument(
+        "--go-shim-for-ours",
+        action="store_true",
+        help=f"run pycontainerd with containerd's Go shim ({GO_SHIM}) to isolate daemon costs",
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: run as root (containerd needs it)", file=sys.stderr)
@@ -186,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(tmp)
         (base / "py").mkdir()
         (base / "go").mkdir()
-        ours = start_pycontainerd(base / "py")
+        ours = start_pycontainerd(base / "py", GO_SHIM if args.go_shim_for_ours else None)
         try:
             theirs = start_containerd(base / "go")
             try:
@@ -210,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{fmt_time(go_cpu):>10} {cpu_ratio:>9}",
                         flush=True,
                     )
+                    if w.report is not None:
+                        for line in w.report():
+                            print(line, flush=True)
             finally:
                 theirs.stop()
         finally:

@@ -19,7 +19,7 @@ from pycontainerd._api.containerd.services.images.v1 import images_pb2, images_p
 from pycontainerd._api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from pycontainerd._api.containerd.services.namespaces.v1 import namespace_pb2
 from pycontainerd.images import build
-from tests.integration.conftest import CTR, Ctr
+from tests.integration.conftest import CTR, TEST_CONFIG, Ctr
 
 BIG = 256 << 20
 
@@ -277,8 +277,9 @@ def test_sharing_policy(tmp_path: Path) -> None:
         base = tmp_path / policy
         base.mkdir()
         config = base / "config.toml"
+        # No collection mid-test: these blobs are unreferenced, so GC may take them.
         config.write_text(
-            'version = 2\n[plugins."io.containerd.metadata.v1.sqlite"]\n'
+            TEST_CONFIG + '[plugins."io.containerd.metadata.v1.sqlite"]\n'
             f'content_sharing_policy = "{policy}"\n'
         )
         with (

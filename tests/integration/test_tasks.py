@@ -239,6 +239,13 @@ def run_detached(env: Env, *args: str) -> str:
     return cid
 
 
+def _metric_values(table: str) -> dict[str, str]:
+    """ctr task metrics' METRIC/VALUE rows (same shape with either shim)."""
+    _, _, rows = table.partition("METRIC")
+    values = dict(line.split(None, 1) for line in rows.splitlines()[1:] if line.strip())
+    return {name: value.strip() for name, value in values.items()}
+
+
 def test_run_prints_hello(env: Env) -> None:
     cid = env.new_id()
     res = env("run", "--rm", "--fifo-dir", str(env.fifo_dir), IMAGE, cid, "echo", "hello")
@@ -267,8 +274,9 @@ def test_detached_task_lifecycle(env: Env) -> None:
                   "echo", "from exec")  # fmt: skip
         assert res.stdout == "from exec\n"
 
-        if env.shim == GO_SHIM:  # our shim does not report stats yet
-            assert "METRIC" in env("task", "metrics", cid).stdout
+        metrics = _metric_values(env("task", "metrics", cid).stdout)
+        assert int(metrics["memory.usage_in_bytes"]) > 0
+        assert int(metrics["pids.current"]) >= 1
         env("task", "pause", cid)
         assert env.tasks()[cid][1] == "PAUSED"
         env("task", "resume", cid)

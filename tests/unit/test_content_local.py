@@ -675,6 +675,85 @@ async def test_dropped_reader_and_writer_close_their_descriptors(store: LocalSto
     assert open_fds() == before
 
 
+async def test_read_blob_keeps_few_descriptors_and_drops_them(store: LocalStore) -> None:
+    blobs = []
+    for i in range(20):
+        data = f"blob {i}".encode()
+        w = await store.writer(f"many-{i}")
+        await w.write(data)
+        await w.commit(0, "")
+        blobs.append((data, digests.of(data)))
+    gc.collect()
+    before = open_fds()
+    for data, dgst in blobs:
+        assert await store.read_blob(dgst, 0, 100) == data
+        assert await store.read_blob(dgst, 5, 100) == data[5:]
+    kept = open_fds() - before
+    assert 0 < kept <= 16
+    # A delete drops the blob's descriptor, so the bytes are not readable after it.
+    data, dgst = blobs[-1]
+    await store.delete(dgst)
+    assert open_fds() == before + kept - 1
+    with pytest.raises(NotFound):
+        await store.read_blob(dgst, 0, 1)
+    await store.aclose()
+    assert open_fds() == before
+
+
+async def test_read_blob_of_bytes_not_in_the_page_cache(store: LocalStore) -> None:
+    data = os.urandom(1 << 20)
+    w = await store.writer("cold")
+    await w.write(data)
+    await w.commit(0, "")
+    dgst = digests.of(data)
+    assert await store.read_blob(dgst, 0, 10) == data[:10]
+    # Evict the blob from the page cache: the non-blocking read then falls back to a
+    # worker thread and still returns every byte.
+    fd = os.open(store.blob_path(dgst), os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert await store.read_blob(dgst, 4096, 1 << 20) == data[4096:]
+
+
+async def test_cancelled_read_blob_closes_its_descriptor(store: LocalStore) -> None:
+    w = await store.writer("cancel-read")
+    await w.write(b"abc")
+    await w.commit(0, "")
+    gc.collect()
+    before = open_fds()
+    release = threading.Event()
+    started = threading.Event()
+    opened: list[int] = []
+    closed = asyncio.Event()
+    real_open, real_close = os.open, os.close
+
+    def slow_open(path: object, flags: int, *args: int) -> int:
+        started.set()
+        release.wait(5)
+        opened.append(real_open(path, flags, *args))  # type: ignore[arg-type]
+        return opened[-1]
+
+    def tracking_close(fd: int) -> None:
+        real_close(fd)
+        if fd in opened:
+            closed.set()  # only ever called on the event loop thread here
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "open", slow_open)
+        mp.setattr(os, "close", tracking_close)
+        task = asyncio.create_task(store.read_blob(digests.of(b"abc"), 0, 3))
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The orphaned open finishes in its thread; its descriptor is then closed.
+        await asyncio.wait_for(closed.wait(), 5)
+    assert open_fds() == before
+
+
 # --- timestamps ---------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from pycontainerd import namespaces
 from pycontainerd.content import testsuite
-from pycontainerd.content.interface import Store
+from pycontainerd.content.interface import Info, Store
 from pycontainerd.content.local import LocalStore
 from pycontainerd.errdefs import AlreadyExists, NotFound
 from pycontainerd.metadata.content import ContentStore
@@ -80,6 +80,36 @@ async def test_namespaces_are_separate_and_sharing_policy(tmp_path: Path, shared
                 await store.info(dgst)
         with namespaces.with_namespace("a"):
             assert (await store.info(dgst)).size == len(data)
+    finally:
+        await backend.aclose()
+        await db.aclose()
+
+
+async def test_info_seen_by_read_is_never_stale(tmp_path: Path) -> None:
+    """Blob records are cached for small reads; any database change drops them, even
+    one made by another writer of the database (the collector)."""
+    db = await DB.open(tmp_path / "meta.db")
+    backend = await LocalStore.open(tmp_path / "content")
+    store = ContentStore(db, backend)
+    try:
+        with namespaces.with_namespace("a"):
+            data = b"cached" * 100
+            dgst = await _write(store, data, "ref")
+            assert await store.read_blob(dgst, 0, 6) == b"cached"
+            await store.update(Info(dgst, 0, labels={"k": "v"}), ["labels.k"])
+            assert (await store.info(dgst)).labels == {"k": "v"}
+            # A caller changing the returned labels does not change the record.
+            (await store.info(dgst)).labels["k"] = "changed"
+            assert (await store.info(dgst)).labels == {"k": "v"}
+            await db.update(
+                lambda conn: conn.execute(
+                    "DELETE FROM blobs WHERE namespace = ? AND digest = ?", ("a", dgst)
+                )
+            )
+            with pytest.raises(NotFound):
+                await store.info(dgst)
+            with pytest.raises(NotFound):
+                await store.read_blob(dgst, 0, 6)
     finally:
         await backend.aclose()
         await db.aclose()

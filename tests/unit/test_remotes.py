@@ -550,3 +550,23 @@ async def test_push_cross_mounts_from_the_source_repository(registry: FakeRegist
         assert (
             pusher.mount_source(s, {"containerd.io/distribution.source.reg.test": "repo"}) is None
         )
+
+
+async def test_pull_refuses_an_index_nested_too_deep(registry: FakeRegistry) -> None:
+    """Nine nested indexes below the root: refused before anything reaches the store."""
+    from pycontainerd.client import pull as pull_module
+
+    child = registry.add_manifest("leaf", mt.OCI_INDEX, b'{"schemaVersion":2,"manifests":[]}')
+    for level in range(pull_module.MAX_INDEX_DEPTH + 1):
+        body = json.dumps(
+            {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [child.to_json()]}
+        ).encode()
+        child = registry.add_manifest(f"level{level}", mt.OCI_INDEX, body)
+    # A client that is never touched: the depth check runs before any content write.
+    untouched: object = object()
+    async with session(registry) as s:
+        puller = pull_module._Puller(untouched, s, None, None)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="nests deeper than 8"):
+            await puller.handle(child)
+    fetched = [r.url.path for r in registry.requests]
+    assert len(fetched) == pull_module.MAX_INDEX_DEPTH + 1  # the too-deep one is never fetched

@@ -139,7 +139,29 @@ def cmd_delete(c: Client, args: argparse.Namespace) -> None:
         raise ContainerdError("failed to delete " + "; ".join(failed))
 
 
+def _cgroup_v1_rows(data: Any) -> list[list[str]]:
+    """The METRIC/VALUE rows ctr prints for io.containerd.cgroups.v1.Metrics."""
+    rows = [["METRIC", "VALUE"]]
+    if data.HasField("memory"):
+        rows += [
+            ["memory.usage_in_bytes", str(data.memory.usage.usage)],
+            ["memory.limit_in_bytes", str(data.memory.usage.limit)],
+            ["memory.stat.cache", str(data.memory.total_cache)],
+        ]
+    if data.HasField("cpu"):
+        rows += [
+            ["cpuacct.usage", str(data.cpu.usage.total)],
+            ["cpuacct.usage_percpu", "[" + " ".join(map(str, data.cpu.usage.per_cpu)) + "]"],
+        ]
+    if data.HasField("pids"):
+        rows += [["pids.current", str(data.pids.current)], ["pids.limit", str(data.pids.limit)]]
+    return rows
+
+
 def cmd_metrics(c: Client, args: argparse.Namespace) -> None:
+    # Registers io.containerd.cgroups.v1.Metrics so the Any decodes.
+    from pycontainerd._api.containerd.cgroups.v1 import metrics_pb2
+
     metric = c.tasks.get(args.id).metrics()
     when = datetime.datetime.fromtimestamp(metric.timestamp_ns / 1e9, tz=datetime.UTC)
     if isinstance(metric.data, any_pb2.Any):  # a type this client has no proto for
@@ -151,7 +173,10 @@ def cmd_metrics(c: Client, args: argparse.Namespace) -> None:
         return
     print(table([["ID", "TIMESTAMP"], [metric.id, str(when)]]))
     print()
-    print(json.dumps(body, indent=2))
+    if isinstance(metric.data, metrics_pb2.Metrics):
+        print(table(_cgroup_v1_rows(metric.data)))
+    else:
+        print(json.dumps(body, indent=2))
 
 
 def add_commands(sub: Any) -> None:

@@ -117,6 +117,17 @@ class Store(Protocol):
         """Raises NotFound."""
         ...
 
+    async def read_blob(self, dgst: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of a blob from ``offset`` (fewer only at its end), with no
+        reader to open and close: the cheap path for the small reads clients make one
+        request each.
+
+        Raises:
+            NotFound: no such blob.
+            InvalidArgument: invalid digest, negative offset or size, or offset past the end.
+        """
+        ...
+
     async def status(self, ref: str) -> Status:
         """Raises NotFound when no ingest has that ref."""
         ...

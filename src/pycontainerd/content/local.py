@@ -18,7 +18,9 @@ written, synced, read-only ``data`` file, so a reader never sees half a blob.
 
 This backend knows nothing of namespaces and keeps no labels; the metadata layer
 (``metadata.content``) owns both. All file I/O and hashing runs in worker threads
-(``asyncio.to_thread``), never on the event loop.
+(``asyncio.to_thread``), never on the event loop, with two exceptions that cannot
+wait on the disk: closing a read-only descriptor, and ``read_blob``'s reads of bytes
+already in the page cache (``RWF_NOWAIT``), which spare small reads a thread hop.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import stat
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -60,6 +63,7 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _CHUNK = 1 << 20
+_READ_FDS = 16  # blob descriptors LocalStore.read_blob keeps open
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Go's zero time.Time, which containerd writes for an unset timestamp; we read it as 0.
 _GO_ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -186,6 +190,28 @@ def _hash_fd(fd: int, algorithm: str, limit: int | None = None) -> tuple[Any, in
     return hasher, offset
 
 
+def _pread_full(fd: int, offset: int, size: int) -> bytes:
+    """``size`` bytes from ``offset``, fewer only at end of file."""
+    chunk = os.pread(fd, size, offset)
+    if len(chunk) == size or not chunk:
+        return chunk  # the usual case: one read, no join copy
+    parts = [chunk]
+    got = len(chunk)
+    while got < size:
+        chunk = os.pread(fd, size - got, offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _close_orphaned_blob(task: asyncio.Future[tuple[_CachedBlob, bytes]]) -> None:
+    """Close the descriptor a cancelled ``read_blob`` opened."""
+    if not task.cancelled() and task.exception() is None:
+        os.close(task.result()[0].fd)
+
+
 def _digest_of(hasher: Any, algorithm: str) -> str:
     return f"{algorithm}:{hasher.hexdigest()}"
 
@@ -293,18 +319,19 @@ class LocalReaderAt:
         with self._mu:
             if self._fd is None:
                 raise FailedPrecondition("reader is closed")
-            parts: list[bytes] = []
-            got = 0
-            while got < size:
-                chunk = os.pread(self._fd, size - got, offset + got)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-            return b"".join(parts)
+            return _pread_full(self._fd, offset, size)
 
     async def aclose(self) -> None:
         """Release the descriptor. Idempotent."""
+        # Closing a read-only descriptor does not block, so when no read holds the lock
+        # it is done here rather than costing a worker-thread hop per reader.
+        if self._mu.acquire(blocking=False):
+            try:
+                self._fd = None
+                self._close_fd()
+            finally:
+                self._mu.release()
+            return
         await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
@@ -532,6 +559,12 @@ class LocalWriter:
 
 
 @dataclass(frozen=True, slots=True)
+class _CachedBlob:
+    fd: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Resumed:
     offset: int
     total: int
@@ -556,6 +589,10 @@ class LocalStore:
         self._lock_attempts = lock_attempts
         self._locks = _RefLocks()
         self._writers: weakref.WeakSet[LocalWriter] = weakref.WeakSet()
+        # Descriptors of recently read blobs, for ``read_blob`` (event loop thread only).
+        self._read_fds: OrderedDict[str, _CachedBlob] = OrderedDict()
+        self._deletions = 0  # a descriptor opened before a delete is not cached
+        self._nowait = hasattr(os, "RWF_NOWAIT")
 
     @classmethod
     async def open(cls, root: Path, *, lock_attempts: int = DEFAULT_LOCK_ATTEMPTS) -> LocalStore:
@@ -572,6 +609,8 @@ class LocalStore:
     async def aclose(self) -> None:
         """Release the descriptors of writers still open, as a crash would: their ingests
         stay on disk for a resume and nothing more is written to them."""
+        while self._read_fds:
+            os.close(self._read_fds.popitem()[1].fd)
         for writer in list(self._writers):
             await asyncio.to_thread(writer._abandon_sync)
 
@@ -681,6 +720,8 @@ class LocalStore:
             NotFound: no such blob.
         """
         path = self.blob_path(dgst)
+        self._deletions += 1
+        self._forget_fd(dgst)
         try:
             await asyncio.to_thread(os.unlink, path)
         except (FileNotFoundError, NotADirectoryError) as exc:
@@ -712,6 +753,101 @@ class LocalStore:
             return await asyncio.to_thread(open_reader)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise NotFound(f"content {dgst}") from exc
+
+    async def read_blob(self, dgst: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of a blob from ``offset``, for the small reads clients
+        make one request each.
+
+        The blob's descriptor is kept open (a few, most recently used, per store
+        instance; dropped by ``delete``), and a read of bytes already in the page
+        cache is made on the event loop with ``RWF_NOWAIT``, which fails rather than
+        waiting for the disk; otherwise the read runs in a worker thread.
+
+        Raises:
+            InvalidArgument: invalid digest, negative offset or size, or offset past
+                the end.
+            NotFound: no such blob.
+        """
+        if offset < 0:
+            raise InvalidArgument(f"negative offset {offset}")
+        if size < 0:
+            raise InvalidArgument(f"negative size {size}")
+        # Only valid digests are cached, so a hit needs no validation (nor a path).
+        cached = self._read_fds.get(dgst)
+        if cached is not None:
+            self._read_fds.move_to_end(dgst)
+            if offset > cached.size:
+                raise InvalidArgument(f"read past object length {cached.size} bytes")
+            size = min(size, cached.size - offset)
+            hit = self._read_nowait(cached.fd, offset, size)
+            if hit is not None:
+                return hit
+            path = self.blob_path(dgst)
+            return await asyncio.to_thread(self._read_cached, dgst, path, offset, size)
+        path = self.blob_path(dgst)
+        deletions = self._deletions
+
+        def open_and_read() -> tuple[_CachedBlob, bytes]:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise NotFound(f"content {dgst}")
+                if offset > st.st_size:
+                    raise InvalidArgument(f"read past object length {st.st_size} bytes")
+                # Clamped, so a huge request does not size a huge buffer.
+                data = _pread_full(fd, offset, min(size, st.st_size - offset))
+            except BaseException:
+                os.close(fd)
+                raise
+            return _CachedBlob(fd, st.st_size), data
+
+        task = asyncio.ensure_future(asyncio.to_thread(open_and_read))
+        try:
+            blob, data = await asyncio.shield(task)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFound(f"content {dgst}") from exc
+        except asyncio.CancelledError:
+            task.add_done_callback(_close_orphaned_blob)
+            raise
+        if deletions != self._deletions or dgst in self._read_fds:
+            os.close(blob.fd)  # a delete ran meanwhile, or another read cached it
+        else:
+            self._read_fds[dgst] = blob
+            if len(self._read_fds) > _READ_FDS:
+                os.close(self._read_fds.popitem(last=False)[1].fd)
+        return data
+
+    def _read_nowait(self, fd: int, offset: int, size: int) -> bytes | None:
+        """The bytes if they are all in the page cache, else None (never waits on I/O)."""
+        if not self._nowait or size > _CHUNK:
+            return None
+        buf = bytearray(size)
+        try:
+            got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            self._nowait = False  # the file system does not support it
+            return None
+        return bytes(buf) if got == size else None
+
+    def _read_cached(self, dgst: str, path: Path, offset: int, size: int) -> bytes:
+        """A worker-thread read through a descriptor of its own: the cached one may be
+        closed by the event loop meanwhile."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFound(f"content {dgst}") from exc
+        try:
+            return _pread_full(fd, offset, size)
+        finally:
+            os.close(fd)
+
+    def _forget_fd(self, dgst: str) -> None:
+        blob = self._read_fds.pop(dgst, None)
+        if blob is not None:
+            os.close(blob.fd)
 
     # -- ingests --
 

@@ -843,6 +843,30 @@ async def check_read_at(subject: Subject) -> None:
 
 
 @_case()
+async def check_read_blob(subject: Subject) -> None:
+    cs = subject.store
+    data, dgst = create_content(1000)
+    await _write_blob(cs, "read-blob", data, dgst)
+    # Twice over: the first read may open the blob, later ones may reuse it.
+    for _ in range(2):
+        _eq(await cs.read_blob(dgst, 0, 1000), data, "read of everything")
+        _eq(await cs.read_blob(dgst, 10, 5), data[10:15], "read in the middle")
+        _eq(await cs.read_blob(dgst, 990, 100), data[990:], "read across the end")
+        _eq(await cs.read_blob(dgst, 1000, 10), b"", "read at the end")
+        _eq(await cs.read_blob(dgst, 10, 0), b"", "read of nothing")
+        _eq(await cs.read_blob(dgst, 0, 1 << 40), data, "huge read is clamped")
+        await _raises(InvalidArgument, cs.read_blob(dgst, 1001, 1), "read past the end")
+        await _raises(InvalidArgument, cs.read_blob(dgst, -1, 1), "read at a negative offset")
+        await _raises(InvalidArgument, cs.read_blob(dgst, 0, -1), "read of a negative size")
+    got = await asyncio.gather(*(cs.read_blob(dgst, i * 100, 150) for i in range(10)))
+    _eq(list(got), [data[i * 100 : i * 100 + 150] for i in range(10)], "parallel reads")
+    await cs.delete(dgst)
+    await _raises(NotFound, cs.read_blob(dgst, 0, 1), "read after delete")
+    _, unknown = create_content(1)
+    await _raises(NotFound, cs.read_blob(unknown, 0, 1), "read of an unknown blob")
+
+
+@_case()
 async def check_large_blob(subject: Subject) -> None:
     """8 MiB in 1 MiB writes, read back in odd-sized pieces."""
     cs = subject.store

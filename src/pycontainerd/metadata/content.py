@@ -32,6 +32,7 @@ from pycontainerd.metadata.db import DB, next_sequence
 from pycontainerd.sansio import filters
 
 INGEST_EXPIRY_NS = 24 * 3600 * 10**9  # an ingest with no lease is kept one day
+_INFO_CACHE_SIZE = 1024
 
 
 def _validate_labels(labels: Mapping[str, str], what: str = "info.Labels") -> None:
@@ -95,10 +96,38 @@ class ContentStore:
         self.db = db
         self.backend = backend
         self.shared = shared
+        # Blob records already read, valid while the database has made no change since
+        # _cached_at: clients read a blob in many small Read calls, each of which looks
+        # the blob up, and a database round trip per call is most of their cost.
+        self._info_cache: dict[tuple[str, str], Info] = {}
+        self._cached_at = self._changes()
+
+    def _changes(self) -> int:
+        """Rows changed through the database's connection so far.
+
+        Every write (this store's, the collector's) goes through that one connection,
+        and the count moves as a statement runs, before its commit and even if the
+        update's caller is cancelled, so an unchanged count means unchanged records.
+        """
+        return self.db.changes
 
     async def info(self, dgst: str) -> Info:
         ns = namespaces.required()
-        return await self.db.view(lambda conn: _get_blob(conn, ns, dgst))
+        changes = self._changes()
+        if changes != self._cached_at:
+            self._info_cache.clear()
+            self._cached_at = changes
+        cached = self._info_cache.get((ns, dgst))
+        if cached is None:
+            cached = await self.db.view(lambda conn: _get_blob(conn, ns, dgst))
+            # A record read while an update ran may be stale: use it, do not keep it.
+            if self._changes() == changes:
+                if len(self._info_cache) >= _INFO_CACHE_SIZE:
+                    self._info_cache.clear()
+                self._info_cache[ns, dgst] = cached
+        # A copy of the labels: the caller may change them, the cache must not see it.
+        c = cached
+        return Info(c.digest, c.size, c.created_at, c.updated_at, dict(c.labels))
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         ns = namespaces.required()
@@ -166,6 +195,17 @@ class ContentStore:
     async def reader_at(self, dgst: str) -> ReaderAt:
         await self.info(dgst)
         return await self.backend.reader_at(dgst)
+
+    async def read_blob(self, dgst: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of a blob of this namespace from ``offset``, in one
+        backend step (see ``content.interface.Store.read_blob``).
+
+        Raises:
+            NotFound: no such blob in this namespace.
+            InvalidArgument: negative offset or size, or offset past the end.
+        """
+        await self.info(dgst)
+        return await self.backend.read_blob(dgst, offset, size)
 
     def _ingest(self, conn: sqlite3.Connection, ns: str, ref: str) -> _Ingest:
         row = conn.execute(

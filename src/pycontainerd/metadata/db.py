@@ -216,6 +216,15 @@ class DB:
         """Call ``fn`` whenever a store reports a deletion (see ``deleted``)."""
         self._deletion_listeners.append(fn)
 
+    @property
+    def changes(self) -> int:
+        """Rows changed through the connection so far: it moves with every write, as the
+        statement runs, even one whose caller is then cancelled; -1 once closed."""
+        try:
+            return self._conn.total_changes
+        except sqlite3.ProgrammingError:
+            return -1
+
     def deleted(self) -> None:
         """Stores call this after committing a deletion that may leave garbage."""
         for listener in self._deletion_listeners:

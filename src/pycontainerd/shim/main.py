@@ -129,6 +129,10 @@ def _become_server(listener: socket.socket, flags: Flags, bundle: str, address: 
     try:
         os.setsid()
         _redirect_stdio(bundle)
+        # asyncio imports ssl only if it can; the shim speaks ttrpc over unix sockets,
+        # and OpenSSL's initialisation costs about 1 MiB per container.
+        if "ssl" not in sys.modules:
+            sys.modules["ssl"] = None  # type: ignore[assignment]
         from pycontainerd.shim.server import serve
 
         code = serve(listener, flags, address)
