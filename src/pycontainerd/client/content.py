@@ -192,8 +192,13 @@ class ContentWriter:
     async def close(self) -> None:
         if self._call is not None:
             call, self._call = self._call, None
-            with contextlib.suppress(grpc.aio.AioRpcError):
+            # Half-close and let the server finish the stream: it releases the ref's lock
+            # as it returns, so a writer opened next on the same ref finds it free.
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                 await call.done_writing()
+                async with asyncio.timeout(5):
+                    while await call.read() is not grpc.aio.EOF:  # type: ignore[attr-defined]
+                        pass
             call.cancel()
 
 
