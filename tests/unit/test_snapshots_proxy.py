@@ -24,13 +24,15 @@ from pycontainerd.errdefs import (
     NotFound,
     Unavailable,
 )
+from pycontainerd.images.platforms import Platform as ImagePlatform
+from pycontainerd.images.platforms import parse_platform
 from pycontainerd.plugin import InitContext, PluginSet
 from pycontainerd.plugin.registry import Meta, Platform
 from pycontainerd.server.server import Server, proxy_registrations
 from pycontainerd.snapshots import serve, testsuite
 from pycontainerd.snapshots.interface import Info, Kind
 from pycontainerd.snapshots.native import NativeSnapshotter
-from pycontainerd.snapshots.proxy import ProxySnapshotter, parse_platform, registration
+from pycontainerd.snapshots.proxy import ProxySnapshotter, registration
 
 
 @pytest.fixture
@@ -254,19 +256,19 @@ async def test_server_refuses_bad_proxy_config_at_start(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("linux/amd64", Platform("linux", "amd64")),
-        ("linux/x86_64", Platform("linux", "amd64")),
-        ("Linux/aarch64", Platform("linux", "arm64")),
-        ("linux/arm64/v8", Platform("linux", "arm64", "v8")),  # as containerd 1.6 parses it
-        ("linux/arm", Platform("linux", "arm", "")),
-        ("linux/armhf", Platform("linux", "arm", "")),
-        ("linux/arm/6", Platform("linux", "arm", "v6")),
-        ("windows/amd64", Platform("windows", "amd64")),
-        ("macos/arm64", Platform("darwin", "arm64")),
-        ("s390x", Platform("linux", "s390x")),
+        ("linux/amd64", ImagePlatform("linux", "amd64")),
+        ("linux/x86_64", ImagePlatform("linux", "amd64")),
+        ("Linux/aarch64", ImagePlatform("linux", "arm64")),
+        ("linux/arm64/v8", ImagePlatform("linux", "arm64", "v8")),  # as containerd 1.6 parses it
+        ("linux/arm", ImagePlatform("linux", "arm", "")),
+        ("linux/armhf", ImagePlatform("linux", "arm", "")),
+        ("linux/arm/6", ImagePlatform("linux", "arm", "v6")),
+        ("windows/amd64", ImagePlatform("windows", "amd64")),
+        ("macos/arm64", ImagePlatform("darwin", "arm64")),
+        ("s390x", ImagePlatform("linux", "s390x")),
     ],
 )
-def test_parse_platform(spec: str, expected: Platform) -> None:
+def test_parse_platform(spec: str, expected: ImagePlatform) -> None:
     assert parse_platform(spec) == expected
 
 

@@ -15,7 +15,6 @@ already made the keys unique across namespaces, so the backend never needs one.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -28,6 +27,7 @@ from pycontainerd._api.containerd.services.snapshots.v1 import snapshots_pb2_grp
 from pycontainerd.config import DEFAULT_MAX_MESSAGE_SIZE
 from pycontainerd.errdefs import InvalidArgument, Unavailable
 from pycontainerd.errdefs_grpc import from_grpc
+from pycontainerd.images import platforms
 from pycontainerd.plugin import InitContext, PluginType, Registration
 from pycontainerd.plugin.registry import Platform
 from pycontainerd.services.snapshots.service import info_to_pb, mounts_from_pb
@@ -270,132 +270,6 @@ class ProxySnapshotter:
         await self._channel.close(None)  # cancel calls in flight: the snapshotter is gone
 
 
-# --- platforms, as containerd's platforms.Parse reads a proxy's ``platform`` ------------
-
-_COMPONENT = re.compile(r"^[A-Za-z0-9_-]+$")
-_KNOWN_OS = frozenset(
-    [
-        "aix",
-        "android",
-        "darwin",
-        "dragonfly",
-        "freebsd",
-        "hurd",
-        "illumos",
-        "ios",
-        "js",
-        "linux",
-        "nacl",
-        "netbsd",
-        "openbsd",
-        "plan9",
-        "solaris",
-        "windows",
-        "zos",
-    ]
-)
-_KNOWN_ARCH = frozenset(
-    [
-        "386",
-        "amd64",
-        "amd64p32",
-        "arm",
-        "armbe",
-        "arm64",
-        "arm64be",
-        "ppc64",
-        "ppc64le",
-        "loong64",
-        "mips",
-        "mipsle",
-        "mips64",
-        "mips64le",
-        "mips64p32",
-        "mips64p32le",
-        "ppc",
-        "riscv",
-        "riscv64",
-        "s390",
-        "s390x",
-        "sparc",
-        "sparc64",
-        "wasm",
-    ]
-)
-
-
-def _normalize_os(name: str) -> str:
-    name = name.lower()
-    return "darwin" if name == "macos" else name
-
-
-def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
-    arch, variant = arch.lower(), variant.lower()
-    if arch == "i386":
-        return "386", ""
-    if arch in ("x86_64", "x86-64", "amd64"):
-        return "amd64", "" if variant == "v1" else variant
-    if arch in ("aarch64", "arm64"):
-        return "arm64", "" if variant in ("8", "v8") else variant
-    if arch == "armhf":
-        return "arm", "v7"
-    if arch == "armel":
-        return "arm", "v6"
-    if arch == "arm":
-        if variant in ("", "7"):
-            return "arm", "v7"
-        if variant in ("5", "6", "8"):
-            return "arm", "v" + variant
-    return arch, variant
-
-
-def default_platform() -> Platform:
-    """This host's platform (containerd's ``platforms.DefaultSpec``, without the CPU
-    variant probe)."""
-    arch, _ = _normalize_arch(os.uname().machine, "")
-    return Platform("linux", arch)
-
-
-def parse_platform(spec: str) -> Platform:
-    """``os``, ``arch``, ``os/arch`` or ``os/arch/variant``, normalised as containerd's
-    ``platforms.Parse`` does.
-
-    Raises:
-        InvalidArgument: a wildcard, a bad component, an unknown lone OS/architecture.
-    """
-    if "*" in spec:
-        raise InvalidArgument(f"{spec!r}: wildcards not yet supported")
-    parts = spec.split("/")
-    for part in parts:
-        if not _COMPONENT.match(part):
-            raise InvalidArgument(
-                f"{part!r} is an invalid component of {spec!r}: platform specifier "
-                f"component must match {_COMPONENT.pattern!r}"
-            )
-    host = default_platform()
-    if len(parts) == 1:
-        os_name = _normalize_os(parts[0])
-        if os_name in _KNOWN_OS:
-            return Platform(os_name, host.architecture)
-        arch, variant = _normalize_arch(parts[0], "")
-        if arch == "arm" and variant == "v7":
-            variant = ""
-        if arch in _KNOWN_ARCH:
-            return Platform(host.os, arch, variant)
-        raise InvalidArgument(f"{spec!r}: unknown operating system or architecture")
-    if len(parts) == 2:
-        arch, variant = _normalize_arch(parts[1], "")
-        if arch == "arm" and variant == "v7":
-            variant = ""
-        return Platform(_normalize_os(parts[0]), arch, variant)
-    if len(parts) == 3:
-        arch, variant = _normalize_arch(parts[1], parts[2])
-        if arch == "arm64" and not variant:
-            variant = "v8"
-        return Platform(_normalize_os(parts[0]), arch, variant)
-    raise InvalidArgument(f"{spec!r}: cannot parse platform specifier")
-
-
 # --- the plugin ---------------------------------------------------------------------------
 
 
@@ -416,9 +290,13 @@ def registration(
     if not address:
         raise InvalidArgument(f"{where}: address is required")
     try:
-        plat = parse_platform(platform) if platform else default_platform()
+        parsed = platforms.parse_platform(platform) if platform else None
     except InvalidArgument as exc:
         raise InvalidArgument(f"{where}: platform: {exc.message}") from None
+    if parsed is None:  # containerd reports the host's os/arch, without a CPU variant
+        plat = Platform("linux", platforms.normalize_arch(os.uname().machine, "")[0])
+    else:
+        plat = Platform(parsed.os, parsed.architecture, parsed.variant)
 
     async def init(ic: InitContext[None]) -> ProxySnapshotter:
         ic.meta.exports["address"] = address
