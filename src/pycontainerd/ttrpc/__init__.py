@@ -7,7 +7,7 @@ gRPC code numbers) through ``errdefs.status_of`` / ``errdefs.from_status``.
 
 from __future__ import annotations
 
-from pycontainerd import errdefs, namespaces
+from pycontainerd import namespaces
 
 NAMESPACE_KEY = namespaces.TTRPC_HEADER
 
@@ -17,16 +17,8 @@ def namespace_metadata(ns: str) -> dict[str, str]:
     return {NAMESPACE_KEY: ns}
 
 
-# Shims import this package: it must not pull in grpc (about 12 MB per shim process).
-status_of = errdefs.status_of
-error_from_status = errdefs.from_status
-OK = errdefs.Code.OK
-CANCELLED = errdefs.Code.CANCELLED
-INVALID_ARGUMENT = errdefs.Code.INVALID_ARGUMENT
-DEADLINE_EXCEEDED = errdefs.Code.DEADLINE_EXCEEDED
-RESOURCE_EXHAUSTED = errdefs.Code.RESOURCE_EXHAUSTED
-UNIMPLEMENTED = errdefs.Code.UNIMPLEMENTED
-UNAVAILABLE = errdefs.Code.UNAVAILABLE
+# Shims import this package: it must not pull in grpc (about 12 MB per shim process);
+# status codes and error kinds come from errdefs (``Code``, ``status_of``, ``from_status``).
 
 from pycontainerd.ttrpc.client import Client, ClientStream  # noqa: E402
 from pycontainerd.ttrpc.server import (  # noqa: E402
@@ -48,7 +40,5 @@ __all__ = [
     "StreamHandler",
     "StreamMethod",
     "UnaryHandler",
-    "error_from_status",
     "namespace_metadata",
-    "status_of",
 ]

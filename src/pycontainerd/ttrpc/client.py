@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 
 from pycontainerd import errdefs
 from pycontainerd._api.ttrpc import request_pb2
+from pycontainerd.errdefs import Code, from_status
 from pycontainerd.sansio.ttrpc import (
     MAX_MESSAGE,
     Flags,
@@ -36,7 +37,6 @@ from pycontainerd.sansio.ttrpc import (
     StreamIds,
     encode_frame,
 )
-from pycontainerd.ttrpc import DEADLINE_EXCEEDED, OK, error_from_status
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ def _closed_error() -> errdefs.Unavailable:
 
 
 def _status_error(status_code: int, message: str) -> Exception:
-    if status_code == DEADLINE_EXCEEDED:
+    if status_code == Code.DEADLINE_EXCEEDED:
         return TimeoutError(message or "context deadline exceeded")
-    return error_from_status(status_code, message)
+    return from_status(status_code, message)
 
 
 def _parse(payload: bytes, response_type: type[M]) -> M:
@@ -117,7 +117,7 @@ class ClientStream(Generic[M]):
                 response.ParseFromString(item.payload)
             except DecodeError as exc:
                 raise errdefs.Unknown(f"ttrpc: undecodable response: {exc}") from exc
-            if response.status.code != OK:
+            if response.status.code != Code.OK:
                 raise _status_error(response.status.code, response.status.message)
             if response.payload:
                 return _parse(response.payload, self._response_type)
@@ -327,7 +327,7 @@ class Client:
             response.ParseFromString(frame.payload)
         except DecodeError as exc:
             raise errdefs.Unknown(f"ttrpc: undecodable response: {exc}") from exc
-        if response.status.code != OK:
+        if response.status.code != Code.OK:
             raise _status_error(response.status.code, response.status.message)
         return _parse(response.payload, response_type)
 

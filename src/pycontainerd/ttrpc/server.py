@@ -38,6 +38,7 @@ from google.protobuf.message import DecodeError, Message
 from pycontainerd import errdefs, namespaces
 from pycontainerd._api.google.rpc import status_pb2
 from pycontainerd._api.ttrpc import request_pb2
+from pycontainerd.errdefs import Code, status_of
 from pycontainerd.sansio.ttrpc import (
     MAX_MESSAGE,
     Flags,
@@ -47,15 +48,7 @@ from pycontainerd.sansio.ttrpc import (
     OversizedFrame,
     encode_frame,
 )
-from pycontainerd.ttrpc import (
-    INVALID_ARGUMENT,
-    NAMESPACE_KEY,
-    OK,
-    RESOURCE_EXHAUSTED,
-    UNAVAILABLE,
-    UNIMPLEMENTED,
-    status_of,
-)
+from pycontainerd.ttrpc import NAMESPACE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +238,7 @@ class _Connection:
         if isinstance(frame, OversizedFrame):
             self._answer(
                 frame.stream_id,
-                RESOURCE_EXHAUSTED,
+                Code.RESOURCE_EXHAUSTED,
                 f"message length {frame.length} exceed maximum message size of {MAX_MESSAGE}",
             )
             return
@@ -257,7 +250,7 @@ class _Connection:
         if frame.stream_id % 2 != 1:
             self._answer(
                 frame.stream_id,
-                INVALID_ARGUMENT,
+                Code.INVALID_ARGUMENT,
                 "StreamID must be odd for client initiated streams",
             )
             return
@@ -265,13 +258,13 @@ class _Connection:
             raise _ProtocolViolation(f"stream id {frame.stream_id} reused")
         self._seen_max_id = frame.stream_id
         if self._server._closing:
-            self._answer(frame.stream_id, UNAVAILABLE, "ttrpc: server closed")
+            self._answer(frame.stream_id, Code.UNAVAILABLE, "ttrpc: server closed")
             return
         request = request_pb2.Request()
         try:
             request.ParseFromString(frame.payload)
         except DecodeError as exc:
-            self._answer(frame.stream_id, INVALID_ARGUMENT, f"unmarshal request error: {exc}")
+            self._answer(frame.stream_id, Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}")
             return
         self._start(frame.stream_id, frame.flags, request)
 
@@ -321,7 +314,7 @@ class _Connection:
         stream_method = service.streams.get(request.method) if service else None
         unary = service.unary.get(request.method) if service else None
         token = namespaces.set_current(ctx.namespace)
-        code, message, payload = OK, "", b""
+        code, message, payload = Code.OK, "", b""
         try:
             async with asyncio.timeout_at(ctx.deadline):
                 if stream_method is not None and stream is not None:
@@ -336,9 +329,9 @@ class _Connection:
                         raise errdefs.InvalidArgument(f"unmarshal request: {exc}") from exc
                     payload = (await handler(message_in, ctx)).SerializeToString()
                 elif service is None:
-                    code, message = UNIMPLEMENTED, f"service {request.service}"
+                    code, message = Code.UNIMPLEMENTED, f"service {request.service}"
                 else:
-                    code, message = UNIMPLEMENTED, f"method {request.method}"
+                    code, message = Code.UNIMPLEMENTED, f"method {request.method}"
         except asyncio.CancelledError:
             if self._closing:
                 raise
