@@ -7,7 +7,6 @@ namespace from the ``containerd-namespace`` header and turns a raised error kind
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -76,15 +75,22 @@ def _wrap_unary(
 
 def _wrap_stream(
     fn: Callable[[Any, Any], AsyncIterator[Any]], ns: str | None, lease: str | None
-) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    async def handler(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
+) -> Callable[[Any, Any], Awaitable[None]]:
+    """A coroutine handler writing the service's generator to the call.
+
+    Not a generator itself: grpc leaves a cancelled generator handler suspended at its
+    ``yield`` until garbage collection, so a service's ``finally`` (a content writer
+    releasing its ref's lock) would run late. Here cancellation reaches ``context.write``
+    and the service's generator is closed at once.
+    """
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         token = namespaces.set_current(ns)
         lease_token = leases.set_current(lease)
+        responses = fn(request, context)
         try:
-            async for item in fn(request, context):
-                yield item
+            async for item in responses:
+                await context.write(item)
         except (errdefs.ContainerdError, TimeoutError) as exc:
             await _abort(context, exc)
         except grpc.aio.AbortError:
@@ -92,11 +98,11 @@ def _wrap_stream(
         except Exception as exc:
             await _abort(context, exc)
         finally:
-            # grpc may close the generator from another context (a cancelled stream),
-            # where the tokens cannot be reset; each call runs in its own task anyway.
-            with contextlib.suppress(ValueError):
-                leases.reset(lease_token)
-                namespaces.reset(token)
+            aclose = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            leases.reset(lease_token)
+            namespaces.reset(token)
 
     return handler
 
