@@ -8,8 +8,8 @@ busybox-static image (``pycontainerd.images.build``) imported once per daemon in
 - run latency: ``ctr run --rm --null-io IMG id /bin/true``, one per round;
 - exec latency: ``ctr task exec`` of ``/bin/true`` in one long-running container;
 - 50 detached: ``ctr run -d --null-io`` of ``sleep`` fifty times, one after another;
-- memory: the same fifty, then the daemon's RSS growth plus the shims' PSS (from
-  ``/proc/<pid>/smaps_rollup``), divided by fifty.
+- memory: the same fifty, then the daemon's RSS growth plus the PSS (from
+  ``/proc/<pid>/smaps_rollup``) of the shims and of our shims' fork server, divided by fifty.
 
 The reference containerd runs in a private mount namespace with a tmpfs over
 /run/containerd, so FIFOs for exec go to a directory under /tmp that both see.
@@ -217,6 +217,23 @@ def shim_pids(address: Path, ids: Iterable[str]) -> dict[str, list[int]]:
     return found
 
 
+def zygote_pids(state: Path) -> list[int]:
+    """Our shims' fork servers for the daemon with state dir ``state``: their memory is
+    part of what the shims cost, so it is counted with them."""
+    prefix = str(state).encode() + b"/"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] == b"containerd-shim-pyrunc-v2-zygote" and argv[1].startswith(prefix):
+            pids.append(int(entry.name))
+    return pids
+
+
 @dataclass(frozen=True)
 class MemorySample:
     containers: int
@@ -274,6 +291,7 @@ class Detached:
         pids = sorted({pid for group in by_id.values() for pid in group})
         if len(by_id) != DETACHED:
             raise RuntimeError(f"{t.name}: shims for {len(by_id)} of {DETACHED} containers")
+        pids += zygote_pids(t.daemon.state)
         sample = MemorySample(DETACHED, growth, sum(pss_kib(p) for p in pids), len(pids))
         self.samples.setdefault(t.name, []).append(sample)
 

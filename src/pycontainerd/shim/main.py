@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         print("shim namespace cannot be empty", file=sys.stderr)
         sys.exit(1)
     if flags.action == "start":
-        sys.exit(start(flags))
+        sys.exit(start(flags, sys.argv if argv is None else [sys.argv[0], *argv]))
     if flags.action == "delete":
         sys.exit(delete(flags))
     print(f"unknown shim command {flags.action!r}", file=sys.stderr)
@@ -47,8 +47,8 @@ def _bundle(flags: Flags) -> str:
     return flags.bundle or os.getcwd()
 
 
-def start(flags: Flags) -> int:
-    bundle = _bundle(flags)
+def start(flags: Flags, argv: list[str]) -> int:
+    bundle = os.path.abspath(_bundle(flags))
     root = state_root(bundle, os.environ.get("MAX_SHIM_VERSION"))
     address = socket_address(flags.address, flags.namespace, group_id(bundle, flags.id), root)
     try:
@@ -57,14 +57,33 @@ def start(flags: Flags) -> int:
         print(f"create shim socket {address}: {exc}", file=sys.stderr)
         return 1
     if listener is not None:
-        pid = os.fork()
-        if pid == 0:
-            _become_server(listener, flags, bundle, address)  # never returns
+        pid = _fork_server(listener, flags, bundle, address, argv, root)
         listener.close()
         _write(os.path.join(bundle, "shim.pid"), str(pid))
     _write(os.path.join(bundle, "address"), address)
     _print_address(address)
     return 0
+
+
+def _fork_server(
+    listener: socket.socket, flags: Flags, bundle: str, address: str, argv: list[str], root: str
+) -> int:
+    """The server's pid: forked by the warm zygote when there is one, else by us."""
+    from pycontainerd.shim import zygote
+
+    if zygote.enabled():
+        # The server's command line is ours without the action word, as Go shims show.
+        cmdline = list(argv)
+        if flags.action in cmdline:
+            del cmdline[len(cmdline) - 1 - cmdline[::-1].index(flags.action)]
+        request = zygote.Request(flags, address, bundle, cmdline, dict(os.environ))
+        pid = zygote.fork_server(listener, request, root)
+        if pid is not None:
+            return pid
+    pid = os.fork()
+    if pid == 0:
+        become_server(listener, flags, bundle, address)  # never returns
+    return pid
 
 
 def _write(path: str, text: str) -> None:
@@ -123,7 +142,7 @@ def _alive(path: str) -> bool:
     return True
 
 
-def _become_server(listener: socket.socket, flags: Flags, bundle: str, address: str) -> None:
+def become_server(listener: socket.socket, flags: Flags, bundle: str, address: str) -> None:
     """The forked child: new session, stdio off containerd's pipes, then serve."""
     code = 1
     try:

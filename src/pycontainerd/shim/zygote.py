@@ -1,0 +1,381 @@
+"""A fork server for shim servers: one warm process per state root and code version.
+
+Each shim server is a Python process; started cold it spends ~200 ms importing asyncio,
+protobuf and the Task service and keeps ~15 MiB of private heap. The zygote imports all
+of that once and freezes it (``gc.freeze``), then forks a shim server per ``start``: the
+child starts serving within milliseconds and shares the imported modules' pages with the
+zygote and every other shim, copy-on-write.
+
+``start`` (a short-lived process) binds the shim socket itself, passes it over the
+zygote's unix socket with ``SCM_RIGHTS`` together with its flags, environment and argv,
+and gets the server's pid back. When there is no zygote it starts one (under a lock
+file, so concurrent starts start one); when that fails it forks the server itself as
+before. The zygote exits after ``IDLE_SECONDS`` without live shims, or at once when its
+socket is removed. ``PYRUNC_SHIM_ZYGOTE=0`` turns it off.
+
+This module's top level stays standard-library-light: ``start`` imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import struct
+import sys
+
+from pycontainerd.shim.address import Flags
+
+ZYGOTE_ENV = "PYRUNC_SHIM_ZYGOTE"
+IDLE_SECONDS = 30.0
+READY_TIMEOUT = 20.0
+REQUEST_TIMEOUT = 10.0
+MAGIC = b"pyrunc-zygote/1"
+# A forked server shows its own command line (ps, and the tests, find shims by it): the
+# zygote is started with this much argv room for the children to write into.
+ARGV_ROOM = 2048
+MAX_REQUEST = 1 << 20
+_FLAG_FIELDS = ("namespace", "address", "publish_binary", "id", "bundle")
+_LEN = struct.Struct("!I")
+
+
+# -- the request, sans I/O ---------------------------------------------------------
+
+
+class Request:
+    """What a forked server needs from the ``start`` that asked for it."""
+
+    __slots__ = ("address", "argv", "cwd", "env", "flags")
+
+    def __init__(
+        self, flags: Flags, address: str, cwd: str, argv: list[str], env: dict[str, str]
+    ) -> None:
+        self.flags = flags
+        self.address = address
+        self.cwd = cwd
+        self.argv = argv
+        self.env = env
+
+
+def encode_request(request: Request) -> bytes:
+    """Length-prefixed, NUL-separated words: none of them can hold a NUL (they come
+    from argv and the environment)."""
+    flags = request.flags
+    words = [MAGIC.decode(), request.address, request.cwd, "1" if flags.debug else ""]
+    words += [getattr(flags, name) for name in _FLAG_FIELDS]
+    words += [str(len(request.argv)), *request.argv]
+    words += [f"{key}={value}" for key, value in request.env.items()]
+    payload = "\0".join(words).encode("utf-8", "surrogateescape")
+    return _LEN.pack(len(payload)) + payload
+
+
+def decode_request(payload: bytes) -> Request:
+    """Raises ValueError on anything but a well-formed request."""
+    words = payload.decode("utf-8", "surrogateescape").split("\0")
+    if len(words) < 4 + len(_FLAG_FIELDS) + 1 or words[0] != MAGIC.decode():
+        raise ValueError("not a zygote request")
+    address, cwd, debug = words[1:4]
+    flag_values = words[4 : 4 + len(_FLAG_FIELDS)]
+    rest = words[4 + len(_FLAG_FIELDS) :]
+    if not rest[0].isdigit() or int(rest[0]) > len(rest) - 1:
+        raise ValueError("bad argv count")
+    argc = int(rest[0])
+    argv, env_words = rest[1 : 1 + argc], rest[1 + argc :]
+    env = {}
+    for word in env_words:
+        key, eq, value = word.partition("=")
+        if not eq or not key:
+            raise ValueError(f"bad environment entry {word!r}")
+        env[key] = value
+    flags = Flags(**dict(zip(_FLAG_FIELDS, flag_values, strict=True)), debug=debug == "1")
+    if not address or not os.path.isabs(cwd):
+        raise ValueError("request needs an address and an absolute directory")
+    return Request(flags, address, cwd, argv, env)
+
+
+# -- the ``start`` side -------------------------------------------------------------
+
+
+def enabled() -> bool:
+    return os.environ.get(ZYGOTE_ENV, "1") != "0"
+
+
+def zygote_path(root: str) -> str:
+    """The zygote's socket in the shim socket directory, named for this interpreter
+    and code, so an upgraded shim never runs old code in a lingering zygote."""
+    import hashlib
+
+    tag = hashlib.sha256(_code_stamp().encode()).hexdigest()[:16]
+    return os.path.join(root, "s", f"z-{tag}")
+
+
+def _code_stamp() -> str:
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parts = [sys.executable, package]
+    for sub in ("shim", "ttrpc", "sansio", "api"):
+        try:
+            entries = sorted(os.scandir(os.path.join(package, sub)), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith(".py"):
+                parts.append(f"{entry.name}:{entry.stat().st_mtime_ns}")
+    return "\n".join(parts)
+
+
+def fork_server(listener: socket.socket, request: Request, root: str) -> int | None:
+    """Asks the zygote of ``root`` (starting it if needed) to serve ``listener``;
+    the server's pid, or None when no zygote can do it."""
+    path = zygote_path(root)
+    try:
+        return _ask(path, listener, request)
+    except OSError:
+        pass
+    import fcntl
+
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _ask(path, listener, request)  # another start made one meanwhile
+        except OSError:
+            pass
+        if not _spawn(path):
+            return None
+        try:
+            return _ask(path, listener, request)
+        except OSError:
+            return None
+    finally:
+        os.close(lock)
+
+
+def _ask(path: str, listener: socket.socket, request: Request) -> int:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+        conn.settimeout(REQUEST_TIMEOUT)
+        conn.connect(path)
+        data = encode_request(request)
+        socket.send_fds(conn, [data[:4096]], [listener.fileno()])
+        if len(data) > 4096:
+            conn.sendall(data[4096:])
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(4096):
+            reply += chunk
+    status, _, detail = reply.decode(errors="replace").partition(" ")
+    if status == "ok" and detail.isdigit():
+        return int(detail)
+    raise OSError(errno.EPROTO, f"zygote refused: {detail or reply!r}")
+
+
+def _spawn(path: str) -> bool:
+    """Starts a zygote serving ``path`` and waits until it listens."""
+    import select
+
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.set_inheritable(ready_w, True)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.chdir("/")
+            argv = [sys.executable, "-m", "pycontainerd.shim.zygote", path, str(ready_w)]
+            os.execv(sys.executable, [*argv, " " * ARGV_ROOM])
+        finally:
+            os._exit(127)
+    os.close(ready_w)
+    try:
+        readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
+        return bool(readable) and os.read(ready_r, 1) == b"1"
+    finally:
+        os.close(ready_r)
+        # The zygote is our child until we exit; reap it now if it already failed.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+# -- the zygote ---------------------------------------------------------------------
+
+
+def _preload() -> None:
+    """Imports everything a shim server imports, lazily or not, before any fork."""
+    # asyncio imports ssl only if it can; the shim speaks ttrpc over unix sockets, and
+    # OpenSSL's initialisation costs about 1 MiB per process.
+    if "ssl" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    import asyncio.unix_events  # noqa: F401
+    import json  # noqa: F401
+    import logging  # noqa: F401
+    import traceback  # noqa: F401
+
+    import google.protobuf.empty_pb2  # noqa: F401
+
+    import pycontainerd.shim.console
+    import pycontainerd.shim.metrics
+    import pycontainerd.shim.server
+    import pycontainerd.snapshots.interface
+    import pycontainerd.snapshots.mount
+    import pycontainerd.ttrpc
+    import pycontainerd.typeurl  # noqa: F401
+
+
+def serve_zygote(path: str, ready_fd: int) -> int:
+    import gc
+    import time
+
+    _preload()
+    _set_cmdline(["containerd-shim-pyrunc-v2-zygote", path])
+    try:
+        sock = _bind(path)
+    except OSError:
+        os.write(ready_fd, b"0")
+        return 1
+    if sock is None:  # a live zygote has it
+        os.write(ready_fd, b"1")
+        return 0
+    identity = os.stat(path).st_ino
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+    gc.freeze()  # the children's collections then leave the shared pages alone
+    sock.settimeout(1.0)
+    children: set[int] = set()
+    idle_since = time.monotonic()
+    while True:
+        if _reap(children) and not children:
+            idle_since = time.monotonic()
+        if not children and time.monotonic() - idle_since > IDLE_SECONDS:
+            break
+        try:
+            if os.stat(path).st_ino != identity:
+                return 0  # replaced: it is not ours to remove
+        except OSError:
+            return 0
+        try:
+            conn, _ = sock.accept()
+        except TimeoutError:
+            continue
+        with conn:
+            _handle(conn, sock, children)
+        idle_since = time.monotonic()
+    os.unlink(path)
+    return 0
+
+
+def _bind(path: str) -> socket.socket | None:
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)  # the socket is for root (the daemon's uid) only
+    try:
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                sock.close()
+                return None
+            except OSError:
+                os.unlink(path)
+                sock.bind(path)
+            finally:
+                probe.close()
+    finally:
+        os.umask(old_umask)
+    sock.listen(64)
+    return sock
+
+
+def _reap(children: set[int]) -> bool:
+    reaped = False
+    while children:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            return True
+        if pid == 0:
+            break
+        children.discard(pid)
+        reaped = True
+    return reaped
+
+
+def _handle(conn: socket.socket, sock: socket.socket, children: set[int]) -> None:
+    fds: list[int] = []
+    try:
+        conn.settimeout(REQUEST_TIMEOUT)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+        if uid != os.geteuid():
+            raise ValueError(f"uid {uid} may not start shims")
+        data, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+        while len(data) < _LEN.size or len(data) < _LEN.size + _LEN.unpack_from(data)[0]:
+            if len(data) > MAX_REQUEST:
+                raise ValueError("request too large")
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ValueError("truncated request")
+            data += chunk
+        request = decode_request(data[_LEN.size :])
+        if len(fds) != 1:
+            raise ValueError("request carries no listening socket")
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            conn.close()
+            _become_server(fds[0], request)  # never returns
+        children.add(pid)
+        conn.sendall(b"ok %d" % pid)
+    except (OSError, ValueError) as exc:
+        with contextlib.suppress(OSError):
+            conn.sendall(f"error {exc}".encode())
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _become_server(listener_fd: int, request: Request) -> None:
+    from pycontainerd.shim.main import become_server
+
+    try:
+        os.environ.clear()
+        os.environ.update(request.env)
+        os.chdir(request.cwd)
+        _set_cmdline(request.argv)
+        listener = socket.socket(fileno=listener_fd)
+    except BaseException:
+        os._exit(1)
+    bundle = request.flags.bundle or request.cwd
+    become_server(listener, request.flags, bundle, request.address)
+
+
+def _set_cmdline(argv: list[str]) -> None:
+    """Rewrites this process's command line in place (its original argv area, which
+    CPython no longer reads); words that do not fit are cut."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        room = end - start
+        raw = b"\0".join(os.fsencode(word) for word in argv)[: room - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(raw.ljust(room, b"\0"))
+    except (OSError, ValueError, IndexError):
+        pass  # cosmetic: the old command line stays
+
+
+if __name__ == "__main__":
+    sys.exit(serve_zygote(sys.argv[1], int(sys.argv[2])))

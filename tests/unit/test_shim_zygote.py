@@ -1,0 +1,139 @@
+"""The shim's fork server: its request encoding, and a real zygote forking a server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pycontainerd.shim import zygote
+from pycontainerd.shim.address import Flags
+
+
+def _request(tmp: Path, **env: str) -> zygote.Request:
+    flags = Flags(namespace="ns1", address="/run/x.sock", id="c1", bundle=str(tmp), debug=True)
+    argv = ["containerd-shim-pyrunc-v2", "-namespace", "ns1", "-id", "c1"]
+    return zygote.Request(flags, f"unix://{tmp}/shim.sock", str(tmp), argv, env)
+
+
+def test_request_round_trip(tmp_path: Path) -> None:
+    request = _request(tmp_path, TTRPC_ADDRESS="/run/x.sock.ttrpc", EMPTY="", EQ="a=b")
+    encoded = zygote.encode_request(request)
+    decoded = zygote.decode_request(encoded[4:])
+    assert int.from_bytes(encoded[:4], "big") == len(encoded) - 4
+    assert decoded.address == request.address and decoded.cwd == str(tmp_path)
+    assert decoded.argv == request.argv and decoded.env == request.env
+    assert (decoded.flags.namespace, decoded.flags.id, decoded.flags.debug) == ("ns1", "c1", True)
+
+
+def _words(*tail: str) -> bytes:
+    head = ["pyrunc-zygote/1", "unix:///s", "/", "", "n", "a", "", "i", "/b"]
+    return "\0".join([*head, *tail]).encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"GET / HTTP/1.1", b"pyrunc-zygote/1\0a", b"\xff" * 64,
+     _words("99"),  # more argv words announced than sent
+     _words("0").replace(b"\0/\0", b"\0rel\0", 1),  # a relative directory
+     _words("0", "NOEQ")],  # an environment entry without '='
+)  # fmt: skip
+def test_garbage_requests_are_refused(payload: bytes) -> None:
+    with pytest.raises(ValueError):
+        zygote.decode_request(payload)
+
+
+def _wait_gone(pid: int, timeout: float = 20.0) -> None:
+    """Waits on the process's pidfd (it need not be our child), then reaps it if it is."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    if not readable:
+        raise AssertionError(f"process {pid} still running")
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _zygote_pid(path: str) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv[:2] == [b"containerd-shim-pyrunc-v2-zygote", path.encode()]:
+                return int(entry.name)
+    raise AssertionError(f"no zygote serving {path}")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    # Removing the socket makes the zygote exit; kill whatever is left regardless.
+    path = zygote.zygote_path(str(tmp_path))
+    with contextlib.suppress(AssertionError):
+        pid = _zygote_pid(path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        try:
+            _wait_gone(pid, timeout=5)
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid)
+
+
+def test_zygote_forks_a_serving_shim(root: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    bundle = root / "bundle"
+    bundle.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(bundle / "shim.sock"))
+    listener.listen(8)
+    request = _request(bundle, PATH=os.environ.get("PATH", ""))
+    request.address = f"unix://{bundle}/shim.sock"
+
+    pid = zygote.fork_server(listener, request, str(root))
+    listener.close()
+    assert pid is not None
+    try:
+        zpid = _zygote_pid(zygote.zygote_path(str(root)))
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        assert int(stat[stat.rindex(")") + 2 :].split()[1]) == zpid  # forked by the zygote
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert cmdline == [w.encode() for w in request.argv]
+        # The forked server answers ttrpc on the socket it was handed.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(str(bundle / "shim.sock"))
+        # A second request reuses the same zygote.
+        again = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        again.bind(str(bundle / "two.sock"))
+        again.listen(8)
+        request.address = f"unix://{bundle}/two.sock"
+        pid2 = zygote.fork_server(again, request, str(root))
+        again.close()
+        assert pid2 is not None and pid2 != pid
+        assert _zygote_pid(zygote.zygote_path(str(root))) == zpid
+        os.kill(pid2, signal.SIGKILL)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    os.unlink(zygote.zygote_path(str(root)))
+    _wait_gone(zpid)  # its socket is gone: it exits
+
+
+def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(zygote.ZYGOTE_ENV, "0")
+    assert not zygote.enabled()
+    monkeypatch.delenv(zygote.ZYGOTE_ENV)
+    assert zygote.enabled()
