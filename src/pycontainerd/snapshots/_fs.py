@@ -8,7 +8,6 @@ as the native snapshotter uses it (xattr errors ignored); ``remove_all`` is
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -246,7 +245,7 @@ def filesystem_type(path: str | os.PathLike[str]) -> int:
     Raises:
         OSError: statfs failed.
     """
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # libc, already loaded: no ldconfig run
     buf = _Statfs()
     if libc.statfs(os.fsencode(os.fspath(path)), ctypes.byref(buf)) != 0:
         err = ctypes.get_errno()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -123,7 +122,7 @@ class _Libc:
     @classmethod
     def get(cls) -> ctypes.CDLL:
         if cls._lib is None:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            lib = ctypes.CDLL(None, use_errno=True)  # libc, already loaded: no ldconfig run
             lib.mount.argtypes = [
                 ctypes.c_char_p,
                 ctypes.c_char_p,
