@@ -4,8 +4,20 @@ pathlib: each costs milliseconds of import on every container start)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
+
+# hashlib loads OpenSSL (~8 ms); the builtin SHA-256 is the same function without it.
+try:
+    from _sha2 import sha256  # type: ignore[import-not-found, unused-ignore]
+except ImportError:
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found, no-redef, unused-ignore]
+    except ImportError:
+        from hashlib import sha256  # type: ignore[assignment, unused-ignore]
+
+
+def sha256_hex(data: bytes) -> str:
+    return str(sha256(data).hexdigest())
 
 # containerd 1.6 hard-codes where shim sockets live (runtime/v2/shim/util_unix.go).
 CONTAINERD_STATE = "/run/containerd"
@@ -104,7 +116,7 @@ _SUN_PATH_MAX = 108
 def socket_address(containerd_address: str, namespace: str, group_id: str, root: str) -> str:
     """``unix://<root>/s/<sha256(address/ns/group)>``, as containerd's runc v2 shim."""
     key = os.path.join(containerd_address, namespace, group_id)
-    return f"{UNIX_PREFIX}{root}/s/{hashlib.sha256(key.encode()).hexdigest()}"
+    return f"{UNIX_PREFIX}{root}/s/{sha256_hex(key.encode())}"
 
 
 def socket_path(address: str) -> str:

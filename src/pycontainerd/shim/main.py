@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import sys
+
+# socket.py costs ~10 ms of imports (enum, selectors) on every container start; the
+# start command needs only the C module's bind, listen and connect.
+from _socket import AF_UNIX, SOCK_CLOEXEC, SOCK_STREAM
+from _socket import socket as RawSocket
 
 from pycontainerd.shim.address import (
     Flags,
@@ -36,7 +40,13 @@ def main(argv: list[str] | None = None) -> None:
         print("shim namespace cannot be empty", file=sys.stderr)
         sys.exit(1)
     if flags.action == "start":
-        sys.exit(start(flags, sys.argv if argv is None else [sys.argv[0], *argv]))
+        code = start(flags, sys.argv if argv is None else [sys.argv[0], *argv])
+        if argv is None:
+            # The daemon waits for us to exit: skip the interpreter's orderly teardown.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)
     if flags.action == "delete":
         sys.exit(delete(flags))
     print(f"unknown shim command {flags.action!r}", file=sys.stderr)
@@ -66,7 +76,7 @@ def start(flags: Flags, argv: list[str]) -> int:
 
 
 def _fork_server(
-    listener: socket.socket, flags: Flags, bundle: str, address: str, argv: list[str], root: str
+    listener: RawSocket, flags: Flags, bundle: str, address: str, argv: list[str], root: str
 ) -> int:
     """The server's pid: forked by the warm zygote when there is one, else by us."""
     from pycontainerd.shim import zygote
@@ -82,7 +92,7 @@ def _fork_server(
             return pid
     pid = os.fork()
     if pid == 0:
-        become_server(listener, flags, bundle, address)  # never returns
+        become_server(listener.fileno(), flags, bundle, address)  # never returns
     return pid
 
 
@@ -111,11 +121,11 @@ def _json_string_safe(text: str) -> bool:
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
-def _listen(path: str) -> socket.socket | None:
+def _listen(path: str) -> RawSocket | None:
     """A listening socket at ``path``, or None when a live shim of the group has it."""
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     for _ in range(2):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = RawSocket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
         try:
             sock.bind(path)
         except OSError as exc:
@@ -132,7 +142,7 @@ def _listen(path: str) -> socket.socket | None:
 
 
 def _alive(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = RawSocket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
     try:
         probe.connect(path)
     except OSError:
@@ -142,10 +152,14 @@ def _alive(path: str) -> bool:
     return True
 
 
-def become_server(listener: socket.socket, flags: Flags, bundle: str, address: str) -> None:
-    """The forked child: new session, stdio off containerd's pipes, then serve."""
+def become_server(listener_fd: int, flags: Flags, bundle: str, address: str) -> None:
+    """The forked child: new session, stdio off containerd's pipes, then serve on the
+    listening socket ``listener_fd``."""
     code = 1
     try:
+        import socket
+
+        listener = socket.socket(fileno=listener_fd)
         os.setsid()
         _redirect_stdio(bundle)
         # asyncio imports ssl only if it can; the shim speaks ttrpc over unix sockets,

@@ -18,14 +18,20 @@ This module's top level stays standard-library-light: ``start`` imports it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import socket
 import struct
 import sys
 
-from pycontainerd.shim.address import Flags
+# The start side uses the C socket module only: socket.py costs ~10 ms of imports.
+from _socket import AF_UNIX, SCM_RIGHTS, SHUT_WR, SOCK_CLOEXEC, SOCK_STREAM, SOL_SOCKET
+from _socket import socket as RawSocket
+
+from pycontainerd.shim.address import Flags, sha256_hex
+
+TYPE_CHECKING = False  # typing itself costs milliseconds to import
+if TYPE_CHECKING:
+    import socket
 
 ZYGOTE_ENV = "PYRUNC_SHIM_ZYGOTE"
 IDLE_SECONDS = 30.0
@@ -36,6 +42,7 @@ MAGIC = b"pyrunc-zygote/1"
 # zygote is started with this much argv room for the children to write into.
 ARGV_ROOM = 2048
 MAX_REQUEST = 1 << 20
+ZYGOTE_CMDLINE = ["containerd-shim-pyrunc-v2-zygote"]
 _FLAG_FIELDS = ("namespace", "address", "publish_binary", "id", "bundle")
 _LEN = struct.Struct("!I")
 
@@ -104,9 +111,7 @@ def enabled() -> bool:
 def zygote_path(root: str) -> str:
     """The zygote's socket in the shim socket directory, named for this interpreter
     and code, so an upgraded shim never runs old code in a lingering zygote."""
-    import hashlib
-
-    tag = hashlib.sha256(_code_stamp().encode()).hexdigest()[:16]
+    tag = sha256_hex(_code_stamp().encode())[:16]
     return os.path.join(root, "s", f"z-{tag}")
 
 
@@ -124,7 +129,7 @@ def _code_stamp() -> str:
     return "\n".join(parts)
 
 
-def fork_server(listener: socket.socket, request: Request, root: str) -> int | None:
+def fork_server(listener: RawSocket, request: Request, root: str) -> int | None:
     """Asks the zygote of ``root`` (starting it if needed) to serve ``listener``;
     the server's pid, or None when no zygote can do it."""
     path = zygote_path(root)
@@ -155,18 +160,22 @@ def fork_server(listener: socket.socket, request: Request, root: str) -> int | N
         os.close(lock)
 
 
-def _ask(path: str, listener: socket.socket, request: Request) -> int:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+def _ask(path: str, listener: RawSocket, request: Request) -> int:
+    conn = RawSocket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
+    try:
         conn.settimeout(REQUEST_TIMEOUT)
         conn.connect(path)
         data = encode_request(request)
-        socket.send_fds(conn, [data[:4096]], [listener.fileno()])
-        if len(data) > 4096:
-            conn.sendall(data[4096:])
-        conn.shutdown(socket.SHUT_WR)
+        rights = [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", listener.fileno()))]
+        sent = conn.sendmsg([data], rights)
+        if sent < len(data):
+            conn.sendall(data[sent:])
+        conn.shutdown(SHUT_WR)
         reply = b""
         while chunk := conn.recv(4096):
             reply += chunk
+    finally:
+        conn.close()
     status, _, detail = reply.decode(errors="replace").partition(" ")
     if status == "ok" and detail.isdigit():
         return int(detail)
@@ -199,8 +208,10 @@ def _spawn(path: str) -> bool:
     finally:
         os.close(ready_r)
         # The zygote is our child until we exit; reap it now if it already failed.
-        with contextlib.suppress(ChildProcessError):
+        try:  # noqa: SIM105 (contextlib is too dear an import for ``start``)
             os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
 
 
 # -- the zygote ---------------------------------------------------------------------
@@ -233,7 +244,7 @@ def serve_zygote(path: str, ready_fd: int) -> int:
     import time
 
     _preload()
-    _set_cmdline(["containerd-shim-pyrunc-v2-zygote", path])
+    _set_cmdline([*ZYGOTE_CMDLINE, path])
     try:
         sock = _bind(path)
     except OSError:
@@ -264,13 +275,15 @@ def serve_zygote(path: str, ready_fd: int) -> int:
         except TimeoutError:
             continue
         with conn:
-            _handle(conn, sock, children)
+            _handle(conn, sock, path, children)
         idle_since = time.monotonic()
     os.unlink(path)
     return 0
 
 
 def _bind(path: str) -> socket.socket | None:
+    import socket
+
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)  # the socket is for root (the daemon's uid) only
@@ -311,7 +324,9 @@ def _reap(children: set[int]) -> bool:
     return reaped
 
 
-def _handle(conn: socket.socket, sock: socket.socket, children: set[int]) -> None:
+def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[int]) -> None:
+    import socket
+
     fds: list[int] = []
     try:
         conn.settimeout(REQUEST_TIMEOUT)
@@ -330,14 +345,21 @@ def _handle(conn: socket.socket, sock: socket.socket, children: set[int]) -> Non
         request = decode_request(data[_LEN.size :])
         if len(fds) != 1:
             raise ValueError("request carries no listening socket")
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            conn.close()
-            _become_server(fds[0], request)  # never returns
+        # The child is born with its own command line: set ours to it around the fork.
+        _set_cmdline(request.argv)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                sock.close()
+                conn.close()
+                _become_server(fds[0], request)  # never returns
+        finally:
+            _set_cmdline([*ZYGOTE_CMDLINE, path])
         children.add(pid)
         conn.sendall(b"ok %d" % pid)
     except (OSError, ValueError) as exc:
+        import contextlib
+
         with contextlib.suppress(OSError):
             conn.sendall(f"error {exc}".encode())
     finally:
@@ -352,12 +374,10 @@ def _become_server(listener_fd: int, request: Request) -> None:
         os.environ.clear()
         os.environ.update(request.env)
         os.chdir(request.cwd)
-        _set_cmdline(request.argv)
-        listener = socket.socket(fileno=listener_fd)
     except BaseException:
         os._exit(1)
     bundle = request.flags.bundle or request.cwd
-    become_server(listener, request.flags, bundle, request.address)
+    become_server(listener_fd, request.flags, bundle, request.address)
 
 
 def _set_cmdline(argv: list[str]) -> None:
