@@ -8,14 +8,15 @@ import datetime
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 from pycontainerd.cli.ctr_content import format_labels, human_size
 from pycontainerd.cli.ctr_run import parse_labels, table
 from pycontainerd.client import Client
 from pycontainerd.client.types import Image
 from pycontainerd.errdefs import ContainerdError, NotFound, NotImplemented_
-from pycontainerd.images import archive
+from pycontainerd.images import archive, convert
 from pycontainerd.images.platforms import Matcher, parse_platform
 from pycontainerd.images.unpack import chain_ids, unpack_image
 
@@ -260,7 +261,7 @@ class _RichProgress:
         )
 
 
-def _registry_options(args: argparse.Namespace) -> dict[str, Any]:
+def registry_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "plain_http": args.plain_http,
         "hosts_dir": args.hosts_dir or None,
@@ -285,14 +286,44 @@ def _rich_progress() -> Any:
         DownloadColumn(binary_units=True),
         TimeElapsedColumn(),
         console=Console(stderr=True),
-        transient=not sys.stderr.isatty(),
-        disable=not sys.stderr.isatty(),
     )
+
+
+class _PlainProgress:
+    """Progress for a log or a pipe: one plain line per blob as it starts and ends, no
+    terminal escape sequences (rich's bars redraw in place, which only a TTY can show)."""
+
+    FINAL = ("done", "exists")
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._said: dict[str, str] = {}
+
+    def __call__(self, ref: str, status: str, offset: int, total: int) -> None:
+        said = self._said.get(ref)
+        if said == status or said in self.FINAL:
+            return
+        if status not in self.FINAL and said is not None:
+            return  # "downloading" repeats with each chunk: say it once
+        self._said[ref] = status
+        size = f" ({human_size(total)})" if total and status in self.FINAL else ""
+        print(f"{ref}: {status}{size}", file=self._out, flush=True)
+
+
+@contextlib.contextmanager
+def progress_reporter() -> Iterator[Any]:
+    """A ``progress(ref, status, offset, total)`` callable for pull, push and fetch:
+    rich bars on a terminal, plain lines on stderr otherwise."""
+    if sys.stderr.isatty():
+        with _rich_progress() as bars:
+            yield _RichProgress(bars)
+    else:
+        yield _PlainProgress(sys.stderr)
 
 
 def cmd_pull(c: Client, args: argparse.Namespace) -> None:
     platforms = [parse_platform(p) for p in args.platform or []]
-    with _rich_progress() as bars:
+    with progress_reporter() as progress:
         img = c.run(
             c.aio.pull(
                 args.ref,
@@ -300,8 +331,8 @@ def cmd_pull(c: Client, args: argparse.Namespace) -> None:
                 platform=Matcher(platforms) if platforms else None,
                 all_platforms=args.all_platforms,
                 snapshotter=args.snapshotter,
-                progress=_RichProgress(bars),
-                **_registry_options(args),
+                progress=progress,
+                **registry_options(args),
             )
         )
     if args.label:
@@ -314,20 +345,35 @@ def cmd_pull(c: Client, args: argparse.Namespace) -> None:
 
 def cmd_push(c: Client, args: argparse.Namespace) -> None:
     platforms = [parse_platform(p) for p in args.platform or []]
-    with _rich_progress() as bars:
+    with progress_reporter() as progress:
         desc = c.run(
             c.aio.push(
                 args.remote,
                 args.local or None,
                 platform=Matcher(platforms) if platforms else None,
-                progress=_RichProgress(bars),
-                **_registry_options(args),
+                progress=progress,
+                **registry_options(args),
             )
         )
     print(f"{args.remote}: {desc.digest}")
 
 
-def _add_registry_flags(parser: Any) -> None:
+def cmd_convert(c: Client, args: argparse.Namespace) -> None:
+    platforms = [parse_platform(p) for p in args.platform or []]
+    img = c.run(
+        convert.convert_image(
+            c.aio,
+            args.source_ref,
+            args.target_ref,
+            uncompress=args.uncompress,
+            docker_to_oci=args.oci,
+            platform=convert.platform_filter(platforms, args.all_platforms),
+        )
+    )
+    print(img.target.digest)
+
+
+def add_registry_flags(parser: Any) -> None:
     parser.add_argument("--plain-http", action="store_true", help="allow plain HTTP")
     parser.add_argument("--hosts-dir", default="", help="hosts.toml configuration directory")
     parser.add_argument("--user", "-u", default="", help="user:password for the registry")
@@ -402,7 +448,7 @@ def add_commands(sub: Any) -> None:
     unmount.set_defaults(fn=cmd_unmount)
 
     pull = s.add_parser("pull", help="pull an image from a registry")
-    _add_registry_flags(pull)
+    add_registry_flags(pull)
     pull.add_argument("--snapshotter", default=DEFAULT_SNAPSHOTTER)
     pull.add_argument("--all-platforms", action="store_true")
     pull.add_argument("--skip-unpack", action="store_true", help="fetch only, do not unpack")
@@ -412,7 +458,18 @@ def add_commands(sub: Any) -> None:
     pull.set_defaults(fn=cmd_pull)
 
     push = s.add_parser("push", help="push an image to a registry")
-    _add_registry_flags(push)
+    add_registry_flags(push)
     push.add_argument("remote", help="where to push (a reference with a tag)")
     push.add_argument("local", nargs="?", default="", help="local image (default: remote)")
     push.set_defaults(fn=cmd_push)
+
+    conv = s.add_parser("convert", help="convert an image")
+    conv.add_argument(
+        "--uncompress", action="store_true", help="convert tar.gz layers to uncompressed tar"
+    )
+    conv.add_argument("--oci", action="store_true", help="convert Docker media types to OCI")
+    conv.add_argument("--platform", action="append", help="keep only this platform")
+    conv.add_argument("--all-platforms", action="store_true", help="keep every platform")
+    conv.add_argument("source_ref")
+    conv.add_argument("target_ref")
+    conv.set_defaults(fn=cmd_convert)

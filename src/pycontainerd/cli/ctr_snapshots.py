@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
-from collections.abc import Sequence
-from typing import Any
+import re
+import secrets
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pycontainerd.cli.ctr_content import human_size
 from pycontainerd.cli.ctr_run import parse_labels, table
 from pycontainerd.client import Client
-from pycontainerd.snapshots.interface import Info, Mount
+from pycontainerd.client.snapshots import SnapshotsAPI, mounts_to_proto
+from pycontainerd.client.types import Descriptor
+from pycontainerd.errdefs import InvalidArgument, NotFound
+from pycontainerd.images import mediatypes as mt
+from pycontainerd.images.unpack import unpack_image
+from pycontainerd.snapshots.interface import Info, Kind, Mount
+
+from pycontainerd._api.containerd.services.diff.v1 import (  # isort: skip
+    diff_pb2,
+    diff_pb2_grpc,
+)
+
+if TYPE_CHECKING:
+    from pycontainerd.client.aio import AsyncClient
 
 DEFAULT = os.environ.get("CONTAINERD_SNAPSHOTTER") or "overlayfs"
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _iso(ns: int) -> str:
@@ -125,6 +144,114 @@ def cmd_cleanup(c: Client, args: argparse.Namespace) -> None:
     c.snapshots(args.snapshotter).cleanup()
 
 
+async def _mounts_of(
+    sn: SnapshotsAPI, key: str, stack: contextlib.AsyncExitStack, view_key: str
+) -> list[Mount]:
+    """An active (or view) snapshot's own mounts, or those of a temporary view of a
+    committed one (removed when ``stack`` closes). ctr views views too, which fails: a
+    view cannot be a parent."""
+    info = await sn.stat(key)
+    if info.kind in (Kind.ACTIVE, Kind.VIEW):
+        return await sn.mounts(key)
+    mounts = await sn.view(view_key, key)
+    stack.push_async_callback(_remove_quietly, sn, view_key)
+    return mounts
+
+
+async def _remove_quietly(sn: SnapshotsAPI, key: str) -> None:
+    with contextlib.suppress(NotFound):
+        await sn.remove(key)
+
+
+def _unique() -> str:
+    return f"{time.time_ns()}-{secrets.token_hex(4)}"
+
+
+async def create_diff(
+    client: AsyncClient,
+    snapshotter: str,
+    id_a: str,
+    id_b: str = "",
+    *,
+    media_type: str = mt.OCI_LAYER_GZIP,
+    ref: str = "",
+    labels: Mapping[str, str] | None = None,
+) -> Descriptor:
+    """The diff of ``id_a`` against its parent, or from ``id_a`` to ``id_b``, written to
+    the content store by the daemon's diff service (containerd's ``rootfs.CreateDiff``).
+
+    Raises:
+        NotFound: a snapshot does not exist.
+    Temporary views are removed even on failure or cancellation.
+    """
+    sn = client.snapshots(snapshotter)
+    async with contextlib.AsyncExitStack() as stack:
+        if id_b:
+            lower = await _mounts_of(sn, id_a, stack, f"{id_a}-view-{_unique()}")
+            upper = await _mounts_of(sn, id_b, stack, f"{id_b}-view-{_unique()}")
+        else:
+            parent = (await sn.stat(id_a)).parent
+            lower_key = f"{parent}-parent-view-{_unique()}"
+            lower = await sn.view(lower_key, parent)
+            stack.push_async_callback(_remove_quietly, sn, lower_key)
+            upper = await _mounts_of(sn, id_a, stack, f"{id_a}-view-{_unique()}")
+        req = diff_pb2.DiffRequest(
+            left=mounts_to_proto(lower),
+            right=mounts_to_proto(upper),
+            media_type=media_type,
+            ref=ref,
+            labels=dict(labels or {}),
+        )
+        stub = diff_pb2_grpc.DiffStub(client.channel)
+        # A large snapshot takes long to diff: no per-call deadline.
+        resp = await client.call(stub.Diff, req, timeout=3600.0)
+        return Descriptor.from_proto(resp.diff)
+
+
+def cmd_diff(c: Client, args: argparse.Namespace) -> None:
+    labels = parse_labels(args.label)
+    if args.keep:
+        # As ctr: a root the collector keeps until someone removes the blob.
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        labels["containerd.io/gc.root"] = now.isoformat().replace("+00:00", "Z")
+    out = sys.stdout.buffer
+
+    async def run() -> None:
+        # One lease for the diff and the read: without --keep the blob is the
+        # collector's once it has been printed.
+        async with c.aio.lease():
+            desc = await create_diff(
+                c.aio,
+                args.snapshotter,
+                args.id_a,
+                args.id_b,
+                media_type=args.media_type,
+                ref=args.ref,
+                labels=labels,
+            )
+            async for chunk in c.aio.content.read(desc.digest):
+                out.write(chunk)
+        out.flush()
+
+    c.run(run())
+
+
+def cmd_unpack(c: Client, args: argparse.Namespace) -> None:
+    if not DIGEST.fullmatch(args.digest):
+        raise InvalidArgument(f"{args.digest!r}: not a digest")
+    for img in c.images.list():
+        if img.target.digest == args.digest:
+            print(f"unpacking {args.digest} ({img.target.media_type})...", end="", flush=True)
+            try:
+                c.run(unpack_image(c.aio, img.name, img.target, snapshotter=args.snapshotter))
+            except BaseException:
+                print()
+                raise
+            print("done")
+            return
+    raise NotFound("manifest not found")
+
+
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("snapshots", aliases=["snapshot"], help="manage snapshots")
     p.add_argument("--snapshotter", default=DEFAULT, help="snapshotter name")
@@ -182,3 +309,21 @@ def add_commands(sub: Any) -> None:
 
     cleanup = s.add_parser("cleanup", help="ask the snapshotter to free unused resources")
     cleanup.set_defaults(fn=cmd_cleanup)
+
+    diff = s.add_parser(
+        "diff",
+        help="get the diff of two snapshots; the default second snapshot is the first's parent",
+    )
+    diff.add_argument("--media-type", default=mt.OCI_LAYER_GZIP, help="media type of the diff")
+    diff.add_argument("--ref", default="", help="content upload reference to use")
+    diff.add_argument("--keep", action="store_true", help="keep the diff content (gc root)")
+    diff.add_argument("--label", "-l", action="append", default=[], help="labels key=value")
+    diff.add_argument("id_a")
+    diff.add_argument("id_b", nargs="?", default="")
+    diff.set_defaults(fn=cmd_diff)
+
+    unpack = s.add_parser("unpack", help="unpack applies layers from a manifest to a snapshot")
+    # ctr takes --snapshotter here too; SUPPRESS keeps the group's value when absent.
+    unpack.add_argument("--snapshotter", default=argparse.SUPPRESS, help="snapshotter name")
+    unpack.add_argument("digest")
+    unpack.set_defaults(fn=cmd_unpack)
