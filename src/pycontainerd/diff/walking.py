@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import os
 import secrets
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from pycontainerd import archive
 from pycontainerd.content.interface import ReaderAt
-from pycontainerd.errdefs import InvalidArgument, NotImplemented_
+from pycontainerd.errdefs import AlreadyExists, InvalidArgument, NotImplemented_
 from pycontainerd.images import mediatypes as mt
 from pycontainerd.metadata.content import ContentStore
 from pycontainerd.snapshots import mount as mountlib
@@ -179,18 +180,39 @@ class WalkingDiffer:
             )
             all_labels = dict(labels or {})
             all_labels[LABEL_UNCOMPRESSED] = diff_id
-            writer = await self._content.writer(ref or f"diff-{secrets.token_hex(8)}", size, digest)
             try:
-                with tmp.open("rb") as f:
-                    while chunk := await asyncio.to_thread(f.read, 1 << 20):
-                        await writer.write(chunk)
+                writer = await self._content.writer(
+                    ref or f"diff-{secrets.token_hex(8)}", size, digest
+                )
+            except AlreadyExists:
+                # The same diff made before: it is the answer, as in containerd.
+                await self._label_uncompressed(digest, diff_id)
+                return Descriptor(media_type, digest, size)
+            try:
+                # A blob the store already holds (another namespace) needs no bytes.
+                if (await writer.status()).offset != size:
+                    await writer.truncate(0)
+                    with tmp.open("rb") as f:
+                        while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                            await writer.write(chunk)
                 await writer.commit(size, digest, all_labels)
+            except AlreadyExists:
+                await writer.close()
+                await self._label_uncompressed(digest, diff_id)
             except BaseException:
                 await writer.close()
                 raise
         finally:
             tmp.unlink(missing_ok=True)
         return Descriptor(media_type, digest, size)
+
+    async def _label_uncompressed(self, digest: str, diff_id: str) -> None:
+        info = await self._content.info(digest)
+        if not info.labels.get(LABEL_UNCOMPRESSED):
+            labels = {**info.labels, LABEL_UNCOMPRESSED: diff_id}
+            await self._content.update(
+                dataclasses.replace(info, labels=labels), [f"labels.{LABEL_UNCOMPRESSED}"]
+            )
 
     def _write_changes(
         self,

@@ -156,6 +156,7 @@ class ContentService(pb_grpc.ContentServicer):
             return
         if not req.ref:
             raise InvalidArgument("first message must have a reference")
+        ref = req.ref  # Go clients name it in the first message only
         total, expected = req.total, req.expected
         if expected:
             _digest(expected)
@@ -172,7 +173,7 @@ class ContentService(pb_grpc.ContentServicer):
                         pass
                     else:
                         await writer.close()
-                        await self._store.abort(req.ref)
+                        await self._store.abort(ref)
                         raise AlreadyExists(f"blob with expected digest {expected} exists")
                 if req.total > 0:
                     total = req.total
