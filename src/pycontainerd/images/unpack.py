@@ -1,8 +1,9 @@
 """Unpack an image's layers into snapshots, from the client side (containerd's unpacker).
 
-For each layer of the manifest chosen for the platform, in order::
+For each layer of the manifest chosen for the platform, in order (``unpack_layer``)::
 
     chain ID exists (committed)?  -> skip
+    (pull: wait until the layer's blob is committed to the content store)
     Prepare("extract-<unique> <chainID>", parent=<previous chain ID>)
     Diff.Apply(layer, mounts)     -> digest of the uncompressed tar
     digest != config diff_id?     -> Remove the key; FailedPrecondition
@@ -13,14 +14,19 @@ and finally the config blob gets ``containerd.io/gc.ref.snapshot.<snapshotter>=<
 chain ID>`` so the garbage collector keeps the snapshots while the image lives. All of it
 runs under a lease (the caller's, or a temporary one), so a collection in between does
 not take half an unpack.
+
+``unpack_image`` runs the steps over blobs already in the content store (import,
+``pyctr images unpack``); ``client.pull`` runs the same ``unpack_layer`` while later layers
+are still downloading.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pycontainerd.client.snapshots import mounts_to_proto
@@ -32,7 +38,6 @@ from pycontainerd._api.containerd.services.diff.v1 import (  # isort: skip
     diff_pb2,
     diff_pb2_grpc,
 )
-import contextlib
 
 if TYPE_CHECKING:
     from pycontainerd.client.aio import AsyncClient
@@ -52,6 +57,23 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
         else:
             out.append(diff_id)
     return out
+
+
+def layer_chain(
+    image_name: str, layers: Sequence[Descriptor], diff_ids: Sequence[str]
+) -> list[str]:
+    """The chain IDs to unpack ``layers`` under, after checking they fit the config.
+
+    Raises:
+        InvalidArgument: no layers, or layer and diff_id counts differ.
+    """
+    if len(layers) != len(diff_ids):
+        raise InvalidArgument(
+            f"image {image_name}: {len(layers)} layers but {len(diff_ids)} diff_ids in config"
+        )
+    if not layers:
+        raise InvalidArgument(f"image {image_name}: no layers to unpack")
+    return chain_ids(diff_ids)
 
 
 def unpack_key(chain_id: str) -> str:
@@ -81,15 +103,9 @@ async def unpack_image(
     async with client.lease():
         resolved = await client.images.manifest(target, platform)
         layers, diff_ids = resolved.layers, resolved.diff_ids
-        if len(layers) != len(diff_ids):
-            raise InvalidArgument(
-                f"image {image_name}: {len(layers)} layers but {len(diff_ids)} diff_ids in config"
-            )
-        if not layers:
-            raise InvalidArgument(f"image {image_name}: no layers to unpack")
-        chain = chain_ids(diff_ids)
+        chain = layer_chain(image_name, layers, diff_ids)
         for i, layer in enumerate(layers):
-            await _unpack_layer(
+            await unpack_layer(
                 client, snapshotter, layer, diff_ids[i], chain[i], chain[i - 1] if i else ""
             )
         top = chain[-1]
@@ -99,24 +115,50 @@ async def unpack_image(
         return top
 
 
-async def _unpack_layer(
+async def unpack_layer(
     client: AsyncClient,
     snapshotter: str,
     layer: Descriptor,
     diff_id: str,
     chain_id: str,
     parent: str,
-) -> None:
+    *,
+    wait: Callable[[], Awaitable[object]] | None = None,
+    made: list[str] | None = None,
+) -> bool:
+    """Apply ``layer`` on the committed snapshot ``parent`` and commit it as ``chain_id``.
+
+    Nothing is done when ``chain_id`` is already committed. Otherwise ``wait`` (if
+    given) is awaited before anything is made: a pull passes "this blob is committed to
+    the content store", so a layer that is already unpacked never waits for its download.
+    ``chain_id`` is appended to ``made`` (if given) just before the commit is asked for,
+    since a commit cut short by cancellation may still have happened, and taken out
+    again if another unpack turns out to have committed it first.
+
+    Returns:
+        True when this call committed ``chain_id``; False when it already existed, or
+        another unpack committed it first (that one stands).
+    Raises:
+        FailedPrecondition: the layer's uncompressed digest is not ``diff_id``.
+        NotFound: the blob or ``parent`` is missing.
+        Whatever ``wait`` or the Diff service raises.
+    On failure or cancellation the extraction snapshot is removed, so nothing half-made
+    is left; the layer's content label is only set once the snapshot is committed.
+    """
     sn = client.snapshots(snapshotter)
     try:
         await sn.stat(chain_id)
-        return  # already unpacked
+        return False  # already unpacked
     except NotFound:
         pass
+    if wait is not None:
+        await wait()
     labels = {LABEL_SNAPSHOT_REF: chain_id}
     key = unpack_key(chain_id)
-    mounts = await sn.prepare(key, parent, labels)
+    committed = True
     try:
+        # Inside the try: a prepare cut short may still have made the key.
+        mounts = await sn.prepare(key, parent, labels)
         stub = diff_pb2_grpc.DiffStub(client.channel)
         req = diff_pb2.ApplyRequest(diff=layer.to_proto(), mounts=mounts_to_proto(mounts))
         # Applying a large layer takes long; no per-call deadline.
@@ -126,12 +168,18 @@ async def _unpack_layer(
                 f"wrong diff id calculated on extraction of layer {layer.digest}: "
                 f"got {applied.digest}, config says {diff_id}"
             )
+        if made is not None:
+            made.append(chain_id)
         await sn.commit(chain_id, key, labels)
     except AlreadyExists:
         # Another unpack committed the same chain ID meanwhile: that one stands.
+        committed = False
+        if made is not None:
+            made.remove(chain_id)
         await sn.remove(key)
     except BaseException:
         with contextlib.suppress(NotFound):
             await sn.remove(key)
         raise
     await client.content.update_labels(layer.digest, {LABEL_UNCOMPRESSED: diff_id})
+    return committed
