@@ -21,7 +21,7 @@ from pycontainerd.client.aio import AsyncAPI
 from pycontainerd.client.types import Descriptor, Image
 from pycontainerd.errdefs import AlreadyExists, InvalidArgument, NotFound, NotImplemented_
 from pycontainerd.images import mediatypes as mt
-from pycontainerd.images.platforms import Matcher, Platform
+from pycontainerd.images.platforms import Matcher, Platform, platform_of
 
 from pycontainerd._api.containerd.services.images.v1 import (  # isort: skip
     images_pb2 as pb,
@@ -69,15 +69,6 @@ class ResolvedManifest:
     @property
     def diff_ids(self) -> list[str]:
         return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
-
-
-def _platform_of(obj: Mapping[str, Any]) -> Platform:
-    return Platform(
-        str(obj.get("os", "")),
-        str(obj.get("architecture", "")),
-        str(obj.get("variant", "")),
-        str(obj.get("os.version", "")),
-    )
 
 
 def _descriptor_platform(desc: Descriptor) -> Platform | None:
@@ -201,7 +192,7 @@ class ImagesAPI(AsyncAPI):
             if desc.platform is None and depth == 0:
                 # A lone manifest: its config says which platform it is for.
                 config = await self.read_json(Descriptor.from_json(doc["config"]))
-                if config.get("os") and not matcher.match(_platform_of(config)):
+                if config.get("os") and not matcher.match(platform_of(config)):
                     return None
             return desc, doc
         if media_type in INDEX_TYPES or (not media_type and "manifests" in doc):
@@ -209,7 +200,7 @@ class ImagesAPI(AsyncAPI):
             candidates = [
                 e for e in entries if (p := _descriptor_platform(e)) is None or matcher.match(p)
             ]
-            candidates = _sorted_by_preference(candidates, matcher)
+            candidates = sorted_by_preference(candidates, matcher)
             for entry in candidates:
                 found = await self._find_manifest(entry, matcher, depth + 1)
                 if found is not None:
@@ -217,7 +208,7 @@ class ImagesAPI(AsyncAPI):
             return None
         if media_type == "application/vnd.docker.distribution.manifest.v1+prettyjws":
             raise NotImplemented_("docker schema 1 manifests are not supported")
-        raise NotImplemented_(f"{desc.digest}: unknown media type {media_type!r}")
+        raise NotFound(f"unexpected media type {media_type} for {desc.digest}")
 
     async def platforms(self, target: Descriptor) -> builtins.list[Platform]:
         """Every platform an index lists (or the lone manifest's config platform)."""
@@ -226,12 +217,12 @@ class ImagesAPI(AsyncAPI):
             out: builtins.list[Platform] = []
             for m in doc["manifests"]:
                 if m.get("platform"):
-                    out.append(_platform_of(m["platform"]))
+                    out.append(platform_of(m["platform"]))
             return out
         if "config" in doc:
             config = await self.read_json(Descriptor.from_json(doc["config"]))
             if config.get("os"):
-                return [_platform_of(config)]
+                return [platform_of(config)]
         return []
 
     async def size(self, target: Descriptor, platform: Matcher | None = None) -> int:
@@ -269,7 +260,7 @@ class ImagesAPI(AsyncAPI):
         return ImageCheck(tuple(required), tuple(present), tuple(missing))
 
 
-def _sorted_by_preference(
+def sorted_by_preference(
     entries: builtins.list[Descriptor], matcher: Matcher
 ) -> builtins.list[Descriptor]:
     """Stable sort: platforms the matcher prefers first, entries without one last."""

@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pycontainerd.client.images import _platform_of, _sorted_by_preference
+from pycontainerd.client.images import sorted_by_preference
 from pycontainerd.client.types import Descriptor, Image
 from pycontainerd.errdefs import (
     AlreadyExists,
@@ -41,7 +41,7 @@ from pycontainerd.errdefs import (
     NotImplemented_,
 )
 from pycontainerd.images import mediatypes as mt
-from pycontainerd.images.platforms import Matcher, Platform, parse_platform
+from pycontainerd.images.platforms import Matcher, Platform, parse_platform, platform_of
 from pycontainerd.images.unpack import LABEL_GC_REF_SNAPSHOT, layer_chain, unpack_layer
 from pycontainerd.remotes.auth import Credentials
 from pycontainerd.remotes.fetcher import fetch, fetch_bytes
@@ -334,12 +334,12 @@ class _Puller:
                 config_desc = Descriptor.from_json(doc["config"])
                 await self.wait_committed(config_desc.digest)
                 config = await self.client.images.read_json(config_desc)
-                if config.get("os") and not matcher.match(_platform_of(config)):
+                if config.get("os") and not matcher.match(platform_of(config)):
                     return None
             return desc, doc
         entries = [Descriptor.from_json(m) for m in doc.get("manifests") or []]
         candidates = [e for e in entries if (p := _platform(e)) is None or matcher.match(p)]
-        for entry in _sorted_by_preference(candidates, matcher):
+        for entry in sorted_by_preference(candidates, matcher):
             found = await self.choose_manifest(entry, matcher, depth + 1)
             if found is not None:
                 return found

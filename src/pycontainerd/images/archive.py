@@ -221,12 +221,6 @@ def blob_path(digest: str) -> str:
     return f"blobs/{alg}/{hexpart}"
 
 
-def _platform_of(obj: Mapping[str, Any]) -> Platform:
-    return Platform(
-        str(obj.get("os", "")), str(obj.get("architecture", "")), str(obj.get("variant", ""))
-    )
-
-
 # -- import ------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pycontainerd.client.types import Descriptor, Image
 from pycontainerd.errdefs import AlreadyExists, InvalidArgument, NotFound, NotImplemented_
 from pycontainerd.images import mediatypes as mt
-from pycontainerd.images.platforms import Platform, default_platform, normalize
+from pycontainerd.images.platforms import Platform, default_platform, normalize, platform_of
 
 if TYPE_CHECKING:
     from pycontainerd.client.aio import AsyncClient
@@ -199,15 +199,7 @@ def go_index(i: Mapping[str, Any]) -> dict[str, Any]:
 
 def _platform_of(d: Mapping[str, Any]) -> Platform | None:
     p = d.get("platform")
-    if not isinstance(p, Mapping):
-        return None
-    return Platform(
-        str(p.get("os", "")),
-        str(p.get("architecture", "")),
-        str(p.get("variant", "")),
-        str(p.get("os.version", "")),
-        tuple(p.get("os.features") or ()),
-    )
+    return platform_of(p) if isinstance(p, Mapping) else None
 
 
 def _clear_gc_labels(labels: dict[str, str], digest: str) -> None:

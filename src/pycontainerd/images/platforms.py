@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform as _host
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -87,6 +87,18 @@ class Platform:
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+def platform_of(obj: Mapping[str, object]) -> Platform:
+    """The platform of an OCI descriptor's ``platform`` object or an image config."""
+    features = obj.get("os.features")
+    return Platform(
+        str(obj.get("os", "")),
+        str(obj.get("architecture", "")),
+        str(obj.get("variant", "")),
+        str(obj.get("os.version", "")),
+        tuple(str(f) for f in features) if isinstance(features, list) else (),
+    )
 
 
 def normalize_os(os_name: str) -> str:
