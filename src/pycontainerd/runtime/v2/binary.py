@@ -18,9 +18,11 @@ The parsing here is pure; ``start``/``delete`` run the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +152,8 @@ class ShimBinary:
 
     async def _run(
         self, args: Sequence[str], stdin: bytes | None, timeout: float
-    ) -> tuple[int, bytes, bytes]:
+    ) -> tuple[int, bytes, bytes, int]:
+        """(exit status, stdout, stderr, the session id: the process's pid)."""
         proc = await asyncio.create_subprocess_exec(
             *self.command(args),
             cwd=self.bundle,
@@ -165,33 +168,43 @@ class ShimBinary:
             async with asyncio.timeout(timeout):
                 out, err = await proc.communicate(stdin)
         except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            # Also when it exited: a helper it left may hold the pipes open.
+            _kill_session(proc.pid)
+            await proc.wait()
             raise
         assert proc.returncode is not None
-        return proc.returncode, out, err
+        return proc.returncode, out, err, proc.pid
 
     async def start(self, options: any_pb2.Any | None) -> ShimAddress:
         """Run ``start`` and return the address the shim printed.
 
         Raises:
-            Unknown: the shim failed; the message holds its output.
+            Unknown: the shim failed (the message holds its output) or did not exit
+                within START_TIMEOUT (it and its session are killed).
             InvalidArgument / NotImplemented_: see ``parse_address``.
-            TimeoutError: it did not answer within START_TIMEOUT.
         """
         args = ["-id", self.id]
         if self.debug:
             args.append("-debug")
         args.append("start")
         stdin = options.SerializeToString() if options is not None else None
-        code, out, err = await self._run(args, stdin, START_TIMEOUT)
+        try:
+            code, out, err, session = await self._run(args, stdin, START_TIMEOUT)
+        except TimeoutError:
+            raise Unknown(
+                f"{self.path} start: no address printed and no exit within "
+                f"{START_TIMEOUT:g}s (killed)"
+            ) from None
+        # A failed start leaves nothing running: whatever it started in its session
+        # goes (a real shim's server, too, since no task will use it).
         if code != 0:
+            _kill_session(session)
             text = (err + out).decode(errors="replace").strip()
             raise Unknown(f"{self.path} start: {text or 'no output'}: exit status {code}")
         try:
             return parse_address(out.decode(errors="replace"))
         except (InvalidArgument, NotImplemented_) as exc:
+            _kill_session(session)
             raise type(exc)(f"{self.path} start: {exc.message}") from exc
 
     async def delete(self) -> Exit:
@@ -205,10 +218,16 @@ class ShimBinary:
         cwd_exists = self.bundle.is_dir()
         if not cwd_exists:
             raise Unknown(f"bundle {self.bundle} is gone: cannot run {self.path} delete")
-        code, out, err = await self._run(args, None, DELETE_TIMEOUT)
+        code, out, err, _ = await self._run(args, None, DELETE_TIMEOUT)
         if code != 0:
             text = err.decode(errors="replace").strip()
             raise Unknown(f"{self.path} delete: {text or 'no output'}: exit status {code}")
         if err.strip():
             logger.warning("shim %s delete: %s", self.id, err.decode(errors="replace").strip())
         return parse_delete_output(out)
+
+
+def _kill_session(pid: int) -> None:
+    """SIGKILL the process group ``pid`` leads (``start_new_session``); gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -7,6 +7,12 @@ failure undoes what was done. When a shim's connection drops without the daemon 
 ``/tasks/exit`` and ``/tasks/delete`` are published with the status the delete
 reported (255 if it could not run), as containerd does.
 
+``ctr shim --id ID`` (containerd 1.6) does not read the bundle: it dials
+``/run/containerd/s/<sha256(<daemon address>/<ns>/<id>)>``. Our shim serves from
+``<state>/s`` (a socket per daemon), so for each task the manager keeps a symlink at
+that path to the shim's socket; the hash includes our address, so no other daemon
+uses it.
+
 On start-up every bundle under ``<state>/<ns>/`` is visited: a shim that answers on the
 address in its bundle is adopted (its tasks keep running across daemon restarts);
 for one that does not, ``<shim> delete`` runs and the bundle goes. Work directories
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -25,6 +33,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Protocol
+
+from google.protobuf import any_pb2
 
 from pycontainerd import namespaces
 from pycontainerd._api.containerd.events import task_pb2 as events_pb
@@ -40,6 +50,7 @@ from pycontainerd.events.exchange import Exchange
 from pycontainerd.identifiers import go_quote
 from pycontainerd.runtime import CreateOpts, Exit
 from pycontainerd.runtime.v2 import bundle as bundlemod
+from pycontainerd.runtime.v2 import options as optionsmod
 from pycontainerd.runtime.v2.binary import ShimBinary, binary_name, parse_address
 from pycontainerd.runtime.v2.bundle import Bundle
 from pycontainerd.runtime.v2.shim import LOAD_TIMEOUT, ShimLog, ShimTask
@@ -52,6 +63,8 @@ TASK_EXIT_TOPIC = "/tasks/exit"
 TASK_DELETE_TOPIC = "/tasks/delete"
 # containerd reports a task whose shim died without telling us how as exit 255.
 UNKNOWN_EXIT_STATUS = 255
+# Where ``ctr shim`` (containerd 1.6's cmd/ctr/commands/shim) looks for a task's shim.
+CTR_SHIM_SOCKET_DIR = Path("/run/containerd/s")
 
 ContainerRuntime = Callable[[str, str], Awaitable[str]]
 """(namespace, container id) -> the container's runtime name; raises NotFound."""
@@ -81,8 +94,10 @@ class ShimManager:
         publish_binary: str,
         events: Exchange,
         runtimes: Mapping[str, str] | None = None,
+        runtime_options: Mapping[str, any_pb2.Any] | None = None,
         container_runtime: ContainerRuntime | None = None,
         debug: bool = False,
+        ctr_shim_dir: Path | None = None,
     ) -> None:
         self.root = root
         self.state = state
@@ -91,8 +106,10 @@ class ShimManager:
         self._publish_binary = publish_binary
         self._events = events
         self._runtimes = dict(runtimes or {})
+        self._runtime_options = dict(runtime_options or {})
         self._container_runtime = container_runtime
         self._debug = debug
+        self._ctr_shim_dir = ctr_shim_dir  # None: no links (tests, other layouts)
         self._tasks: dict[tuple[str, str], ShimTask] = {}
         self._reserved: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -202,6 +219,10 @@ class ShimManager:
             raise type(exc)(
                 f"failed to start shim: failed to resolve runtime path: {exc.message}"
             ) from exc
+        default_options = self._runtime_options.get(opts.runtime)
+        if default_options is not None:
+            merged = optionsmod.merge(default_options, opts.options)
+            opts = dataclasses.replace(opts, task_options=merged)
         try:
             bundle = await asyncio.to_thread(
                 bundlemod.new_bundle, self.root, self.state, ns, id_, opts.spec
@@ -227,7 +248,11 @@ class ShimManager:
         log.open()
         try:
             address = await binary.start(opts.options)
-            client = await Client.connect(address.path)
+            try:
+                client = await Client.connect(address.path)
+            except ContainerdError as exc:
+                # name the shim: the address is all the user would see otherwise
+                raise type(exc)(f"{shim_path} start: {exc.message}") from exc
         except ContainerdError as exc:
             log.close()
             raise type(exc)(f"failed to start shim: {exc.message}") from exc
@@ -237,10 +262,41 @@ class ShimManager:
         task = ShimTask(bundle, client, binary, log, self._shim_lost)
         try:
             await asyncio.to_thread(bundle.shim_binary_file.write_text, shim_path)
+            await asyncio.to_thread(self._link_for_ctr_shim, bundle, address.path)
         except BaseException:
             await task.close()
             raise
         return task
+
+    def _ctr_shim_link(self, bundle: Bundle) -> Path | None:
+        if self._ctr_shim_dir is None:
+            return None
+        key = os.path.join(self._address, bundle.namespace, bundle.id)
+        return self._ctr_shim_dir / hashlib.sha256(key.encode()).hexdigest()
+
+    def _link_for_ctr_shim(self, bundle: Bundle, socket: str) -> None:
+        """Best effort: a shim that put its socket there already (a Go shim) needs none,
+        and a machine without /run/containerd loses only ``ctr shim``."""
+        link = self._ctr_shim_link(bundle)
+        if link is None or str(link) == socket:
+            return
+        try:
+            link.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(socket)
+        except FileExistsError:
+            pass  # a real socket: some shim serves there itself
+        except OSError as exc:
+            logger.warning("task %s/%s: no ctr shim link: %s", bundle.namespace, bundle.id, exc)
+
+    def _unlink_for_ctr_shim(self, bundle: Bundle) -> None:
+        link = self._ctr_shim_link(bundle)
+        if link is None:
+            return
+        with contextlib.suppress(OSError):
+            if link.is_symlink():
+                link.unlink()
 
     async def _undo_create(self, bundle: Bundle, task: ShimTask | None) -> None:
         with contextlib.suppress(Exception):
@@ -250,6 +306,7 @@ class ShimManager:
                         await task.delete_process()
                     await task.shutdown()
                     await task.close()
+        await asyncio.to_thread(self._unlink_for_ctr_shim, bundle)
         try:
             await asyncio.to_thread(bundle.delete)
         except OSError:
@@ -273,6 +330,7 @@ class ShimManager:
         self._tasks.pop(key, None)
         await task.shutdown()
         await task.close()
+        await asyncio.to_thread(self._unlink_for_ctr_shim, task.bundle)
         try:
             await asyncio.to_thread(task.bundle.delete)
         except OSError:
@@ -297,6 +355,7 @@ class ShimManager:
             exit_ = await task.binary.delete()
         except (ContainerdError, OSError, TimeoutError) as exc:
             logger.warning("failed to clean up after shim %s/%s: %s", ns, id_, exc)
+        await asyncio.to_thread(self._unlink_for_ctr_shim, task.bundle)
         try:
             await asyncio.to_thread(task.bundle.delete)
         except OSError:
@@ -384,6 +443,7 @@ class ShimManager:
             await self._cleanup_after_dead_shim(_Dead(bundle, binary))
             return
         self._tasks[(ns, id_)] = task
+        await asyncio.to_thread(self._link_for_ctr_shim, bundle, address.path)
         logger.info("reconnected to shim of task %s/%s", ns, id_)
 
     def _cleanup_work_dirs(self, ns: str) -> None:

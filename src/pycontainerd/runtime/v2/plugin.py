@@ -11,11 +11,17 @@ Configuration (``config.toml``)::
       # same way; an absolute path is used as is.
       [plugins."io.containerd.runtime.v2.task".runtimes."io.containerd.runc.v2"]
         binary = "containerd-shim-pyrunc-v2"   # the default: our Python shim
+        # Default runc options of its tasks (Go names, as in containerd's CRI config);
+        # what a container's own runc options set wins (see runtime/v2/options.py).
+        [plugins."io.containerd.runtime.v2.task".runtimes."io.containerd.runc.v2".options]
+          BinaryName = "/usr/bin/crun"
 
     # e.g. to run containerd's Go shim instead:
     #   runtimes = { "io.containerd.runc.v2" = { binary = "/usr/bin/containerd-shim-runc-v2" } }
 
-Giving ``runtimes`` replaces the default table as a whole.
+Giving ``runtimes`` replaces the default table as a whole; a runtime given without a
+``binary`` keeps its default one (our shim for ``io.containerd.runc.v2``), or else
+resolves by name.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+from google.protobuf import any_pb2
 
 from pycontainerd.events.exchange import Exchange
 from pycontainerd.metadata import containers
@@ -32,7 +41,8 @@ from pycontainerd.metadata.plugin import Metadata
 from pycontainerd.plugin import InitContext, PluginType, Registration
 from pycontainerd.plugin.registry import Platform
 from pycontainerd.runtime.v2.events_server import EventsServer, ttrpc_address
-from pycontainerd.runtime.v2.manager import ShimManager, find_executable
+from pycontainerd.runtime.v2.manager import CTR_SHIM_SOCKET_DIR, ShimManager, find_executable
+from pycontainerd.runtime.v2.options import runc_options
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +52,8 @@ GRPC_ADDRESS_PROPERTY = "io.containerd.plugin.grpc.address"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RuntimeBinary:
-    binary: str
+    binary: str = ""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _default_runtimes() -> dict[str, RuntimeBinary]:
@@ -87,6 +98,17 @@ async def _init(ic: InitContext[RuntimeV2Config]) -> RuntimeV2:
         found = await db.view(lambda conn: containers.get(conn, ns, id_))
         return found.runtime.name
 
+    defaults = _default_runtimes()
+    binaries: dict[str, str] = {}
+    options: dict[str, any_pb2.Any] = {}
+    for name, r in ic.config.runtimes.items():
+        binary = r.binary or (defaults[name].binary if name in defaults else "")
+        if binary:
+            binaries[name] = binary
+        if r.options:
+            where = f'plugins."io.containerd.runtime.v2.task".runtimes."{name}".options'
+            options[name] = runc_options(r.options, where)
+
     for d in (ic.root, ic.state):
         d.mkdir(parents=True, exist_ok=True, mode=0o711)
     events_server = EventsServer(exchange, Path(ttrpc_address(grpc_address)))
@@ -98,9 +120,11 @@ async def _init(ic: InitContext[RuntimeV2Config]) -> RuntimeV2:
         ttrpc_address=str(events_server.path),
         publish_binary=publish_binary(),
         events=exchange,
-        runtimes={name: r.binary for name, r in ic.config.runtimes.items()},
+        runtimes=binaries,
+        runtime_options=options,
         container_runtime=container_runtime,
         debug=logging.getLogger().isEnabledFor(logging.DEBUG),
+        ctr_shim_dir=CTR_SHIM_SOCKET_DIR,
     )
     try:
         await manager.load_existing()
