@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -137,3 +138,45 @@ def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not zygote.enabled()
     monkeypatch.delenv(zygote.ZYGOTE_ENV)
     assert zygote.enabled()
+
+
+def test_zygote_runs_the_start_command(root: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    path = zygote.zygote_path(str(root))
+    bundle = root / "io.containerd.runtime.v2.task" / "ns1" / "c1"
+    bundle.mkdir(parents=True)
+    (bundle / "config.json").write_text("{}")
+    # A daemon address of its own: the shim socket's name hashes it.
+    argv = ["containerd-shim-pyrunc-v2", "-namespace", "ns1", "-address", f"{root}/d.sock",
+            "-id", "c1", "start"]  # fmt: skip
+    env = {"MAX_SHIM_VERSION": "2", "PATH": os.environ.get("PATH", "")}
+    assert zygote.run_start(path, argv, env, str(bundle), 10) is None  # no zygote yet
+
+    assert zygote._spawn(path)
+    zpid = _zygote_pid(path)
+    ran = zygote.run_start(path, argv, env, str(bundle), 10)
+    assert ran is not None
+    code, out, err = ran
+    assert (code, err) == (0, b"")
+    reply = json.loads(out)
+    # (under /run/containerd/s when the tmp path is too long for a socket)
+    assert reply["protocol"] == "ttrpc" and reply["address"].startswith("unix:///")
+    server = int((bundle / "shim.pid").read_text())
+    try:
+        cmdline = Path(f"/proc/{server}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert cmdline == [w.encode() for w in argv[:-1]]  # the action word dropped
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(reply["address"].removeprefix("unix://"))
+    finally:
+        os.kill(server, signal.SIGKILL)
+
+    code, out, err = zygote.run_start(path, [*argv[:-1], "bogus"], env, str(bundle), 10) or (
+        0,
+        b"",
+        b"",
+    )
+    assert code == 2 and b"unknown shim command 'bogus'" in err
+    os.unlink(path)
+    _wait_gone(zpid)

@@ -26,6 +26,10 @@ from pycontainerd.shim.address import (
 )
 
 SHIM_VERSION = 2
+# Set by the zygote when it runs ``start`` in a warm child: fork the server directly,
+# and close these descriptors in it.
+USE_ZYGOTE = True
+CLOSE_IN_SERVER: list[int] = []
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +85,7 @@ def _fork_server(
     """The server's pid: forked by the warm zygote when there is one, else by us."""
     from pycontainerd.shim import zygote
 
-    if zygote.enabled():
+    if USE_ZYGOTE and zygote.enabled():
         # The server's command line is ours without the action word, as Go shims show.
         cmdline = list(argv)
         if flags.action in cmdline:
@@ -157,6 +161,8 @@ def become_server(listener_fd: int, flags: Flags, bundle: str, address: str) -> 
     listening socket ``listener_fd``."""
     code = 1
     try:
+        for fd in CLOSE_IN_SERVER:
+            os.close(fd)
         import socket
 
         listener = socket.socket(fileno=listener_fd)

@@ -38,6 +38,8 @@ IDLE_SECONDS = 30.0
 READY_TIMEOUT = 20.0
 REQUEST_TIMEOUT = 10.0
 MAGIC = b"pyrunc-zygote/1"
+# The daemon's request: run the ``start`` command itself in a forked, warm child.
+MAGIC_RUN = b"pyrunc-zygote-run/1"
 # A forked server shows its own command line (ps, and the tests, find shims by it): the
 # zygote is started with this much argv room for the children to write into.
 ARGV_ROOM = 2048
@@ -51,25 +53,35 @@ _LEN = struct.Struct("!I")
 
 
 class Request:
-    """What a forked server needs from the ``start`` that asked for it."""
+    """What a forked server needs from the ``start`` that asked for it; or, with
+    ``run`` set, a shim command line for a forked child to run (``flags`` and
+    ``address`` unused)."""
 
-    __slots__ = ("address", "argv", "cwd", "env", "flags")
+    __slots__ = ("address", "argv", "cwd", "env", "flags", "run")
 
     def __init__(
-        self, flags: Flags, address: str, cwd: str, argv: list[str], env: dict[str, str]
+        self,
+        flags: Flags,
+        address: str,
+        cwd: str,
+        argv: list[str],
+        env: dict[str, str],
+        run: bool = False,
     ) -> None:
         self.flags = flags
         self.address = address
         self.cwd = cwd
         self.argv = argv
         self.env = env
+        self.run = run
 
 
 def encode_request(request: Request) -> bytes:
     """Length-prefixed, NUL-separated words: none of them can hold a NUL (they come
     from argv and the environment)."""
     flags = request.flags
-    words = [MAGIC.decode(), request.address, request.cwd, "1" if flags.debug else ""]
+    magic = MAGIC_RUN if request.run else MAGIC
+    words = [magic.decode(), request.address, request.cwd, "1" if flags.debug else ""]
     words += [getattr(flags, name) for name in _FLAG_FIELDS]
     words += [str(len(request.argv)), *request.argv]
     words += [f"{key}={value}" for key, value in request.env.items()]
@@ -80,7 +92,8 @@ def encode_request(request: Request) -> bytes:
 def decode_request(payload: bytes) -> Request:
     """Raises ValueError on anything but a well-formed request."""
     words = payload.decode("utf-8", "surrogateescape").split("\0")
-    if len(words) < 4 + len(_FLAG_FIELDS) + 1 or words[0] != MAGIC.decode():
+    run = words[0] == MAGIC_RUN.decode()
+    if len(words) < 4 + len(_FLAG_FIELDS) + 1 or not (run or words[0] == MAGIC.decode()):
         raise ValueError("not a zygote request")
     address, cwd, debug = words[1:4]
     flag_values = words[4 : 4 + len(_FLAG_FIELDS)]
@@ -96,9 +109,11 @@ def decode_request(payload: bytes) -> Request:
             raise ValueError(f"bad environment entry {word!r}")
         env[key] = value
     flags = Flags(**dict(zip(_FLAG_FIELDS, flag_values, strict=True)), debug=debug == "1")
-    if not address or not os.path.isabs(cwd):
+    if not (address or run) or not os.path.isabs(cwd):
         raise ValueError("request needs an address and an absolute directory")
-    return Request(flags, address, cwd, argv, env)
+    if run and not argv:
+        raise ValueError("nothing to run")
+    return Request(flags, address, cwd, argv, env, run)
 
 
 # -- the ``start`` side -------------------------------------------------------------
@@ -180,6 +195,69 @@ def _ask(path: str, listener: RawSocket, request: Request) -> int:
     if status == "ok" and detail.isdigit():
         return int(detail)
     raise OSError(errno.EPROTO, f"zygote refused: {detail or reply!r}")
+
+
+def run_start(
+    path: str, argv: list[str], env: dict[str, str], cwd: str, timeout: float
+) -> tuple[int, bytes, bytes] | None:
+    """Runs the shim command ``argv`` (``start``) in a child forked by the zygote at
+    ``path``, as if executed with ``env`` in ``cwd``: (exit status, stdout, stderr).
+    None when there is no zygote to ask. Blocking; raises TimeoutError.
+
+    The daemon uses this for our own shim: the command then costs a fork, not an
+    interpreter start."""
+    import select
+    import time
+
+    conn = RawSocket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
+    pipes: list[int] = []
+    try:
+        try:
+            conn.connect(path)
+        except OSError:
+            return None
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pipes = [out_r, out_w, err_r, err_w]
+        request = Request(Flags(), "", cwd, argv, env, run=True)
+        data = encode_request(request)
+        rights = [(SOL_SOCKET, SCM_RIGHTS, struct.pack("2i", out_w, err_w))]
+        sent = conn.sendmsg([data], rights)
+        if sent < len(data):
+            conn.sendall(data[sent:])
+        conn.shutdown(SHUT_WR)
+        for fd in (out_w, err_w):
+            os.close(fd)
+            pipes.remove(fd)
+        outputs: dict[int, bytearray] = {
+            conn.fileno(): bytearray(),
+            out_r: bytearray(),
+            err_r: bytearray(),
+        }
+        open_fds = list(outputs)
+        deadline = time.monotonic() + timeout
+        while open_fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"shim command did not finish within {timeout:g}s")
+            readable, _, _ = select.select(open_fds, [], [], left)
+            for fd in readable:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    outputs[fd] += chunk
+                else:
+                    open_fds.remove(fd)
+        status, _, detail = outputs[conn.fileno()].decode(errors="replace").partition(" ")
+        if status == "error":
+            return None  # the zygote could not run it: the caller executes the binary
+        out, err = bytes(outputs[out_r]), bytes(outputs[err_r])
+        if status != "exit" or not detail.lstrip("-").isdigit():
+            return 1, out, err + b"\nshim command ended without an exit status"
+        return int(detail), out, err
+    finally:
+        conn.close()
+        for fd in pipes:
+            os.close(fd)
 
 
 def _spawn(path: str) -> bool:
@@ -334,7 +412,7 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
         _, uid, _ = struct.unpack("3i", creds)
         if uid != os.geteuid():
             raise ValueError(f"uid {uid} may not start shims")
-        data, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+        data, fds, _, _ = socket.recv_fds(conn, 4096, 2)
         while len(data) < _LEN.size or len(data) < _LEN.size + _LEN.unpack_from(data)[0]:
             if len(data) > MAX_REQUEST:
                 raise ValueError("request too large")
@@ -343,6 +421,11 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
                 raise ValueError("truncated request")
             data += chunk
         request = decode_request(data[_LEN.size :])
+        if request.run:
+            if len(fds) != 2:
+                raise ValueError("a run request carries its stdout and stderr")
+            children.add(_fork_command(request, fds, conn, sock, path))
+            return
         if len(fds) != 1:
             raise ValueError("request carries no listening socket")
         # The child is born with its own command line: set ours to it around the fork.
@@ -365,6 +448,58 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _fork_command(
+    request: Request, stdio: list[int], conn: socket.socket, sock: socket.socket, path: str
+) -> int:
+    """Forks a child that runs the shim command line of ``request`` with ``stdio`` as
+    its stdout and stderr, and reports ``exit <status>`` on ``conn``."""
+    cmdline = [word for word in request.argv if word != "start"]
+    _set_cmdline(cmdline)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            _run_command(request, stdio, conn)  # never returns
+    finally:
+        _set_cmdline([*ZYGOTE_CMDLINE, path])
+    return pid
+
+
+def _run_command(request: Request, stdio: list[int], conn: socket.socket) -> None:
+    code = 1
+    try:
+        os.environ.clear()
+        os.environ.update(request.env)
+        os.chdir(request.cwd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(stdio[0], 1)
+        os.dup2(stdio[1], 2)
+        for fd in (null, *stdio):
+            os.close(fd)
+        from pycontainerd.shim import main as shim_main
+
+        # Already warm: the server is forked here, not asked of the zygote, and must
+        # not hold the connection the daemon waits on.
+        shim_main.USE_ZYGOTE = False
+        shim_main.CLOSE_IN_SERVER.append(conn.fileno())
+        try:
+            shim_main.main(request.argv[1:])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            conn.sendall(b"exit %d" % code)
+        finally:
+            os._exit(0)
 
 
 def _become_server(listener_fd: int, request: Request) -> None:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +177,23 @@ class ShimBinary:
         assert proc.returncode is not None
         return proc.returncode, out, err, proc.pid
 
+    async def _run_in_zygote(self, args: Sequence[str]) -> tuple[int, bytes, bytes] | None:
+        """Our own shim's ``start`` run by its warm fork server, when one is serving
+        this state root: a fork instead of an interpreter start. None: run the binary.
+        (Our shim's ``start`` does not read the options on stdin.)"""
+        if not _is_our_shim(self.path):
+            return None
+        from pycontainerd.shim import address, zygote
+
+        env = self.environment()
+        root = address.state_root(str(self.bundle), env["MAX_SHIM_VERSION"])
+        path = zygote.zygote_path(root)
+        if not zygote.enabled() or not os.path.exists(path):
+            return None
+        argv = self.command(args)
+        cwd = str(self.bundle)
+        return await asyncio.to_thread(zygote.run_start, path, argv, env, cwd, START_TIMEOUT)
+
     async def start(self, options: any_pb2.Any | None) -> ShimAddress:
         """Run ``start`` and return the address the shim printed.
 
@@ -189,7 +208,11 @@ class ShimBinary:
         args.append("start")
         stdin = options.SerializeToString() if options is not None else None
         try:
-            code, out, err, session = await self._run(args, stdin, START_TIMEOUT)
+            ran = await self._run_in_zygote(args)
+            if ran is not None:
+                code, out, err, session = *ran, 0
+            else:
+                code, out, err, session = await self._run(args, stdin, START_TIMEOUT)
         except TimeoutError:
             raise Unknown(
                 f"{self.path} start: no address printed and no exit within "
@@ -227,7 +250,23 @@ class ShimBinary:
         return parse_delete_output(out)
 
 
+OUR_SHIM = "containerd-shim-pyrunc-v2"
+
+
+@functools.cache
+def _is_our_shim(path: str) -> bool:
+    """``path`` is the pyrunc shim installed with this daemon's interpreter."""
+    ours = os.path.join(os.path.dirname(sys.executable), OUR_SHIM)
+    try:
+        return os.path.samefile(path, ours)
+    except OSError:
+        return False
+
+
 def _kill_session(pid: int) -> None:
-    """SIGKILL the process group ``pid`` leads (``start_new_session``); gone is fine."""
+    """SIGKILL the process group ``pid`` leads (``start_new_session``); gone is fine.
+    0 (a command the zygote ran, in no session of ours) kills nothing."""
+    if pid <= 0:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
