@@ -218,9 +218,10 @@ def shim_pids(address: Path, ids: Iterable[str]) -> dict[str, list[int]]:
 
 
 def zygote_pids(state: Path) -> list[int]:
-    """Our shims' fork servers for the daemon with state dir ``state``: their memory is
-    part of what the shims cost, so it is counted with them."""
-    prefix = str(state).encode() + b"/"
+    """Our shims' fork servers for the daemon with state dir ``state`` (or for
+    /run/containerd, where shim sockets go when the state path is too long): their
+    memory is part of what the shims cost, so it is counted with them."""
+    roots = (str(state).encode() + b"/s/", b"/run/containerd/s/")
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -229,7 +230,7 @@ def zygote_pids(state: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv[0] == b"containerd-shim-pyrunc-v2-zygote" and argv[1].startswith(prefix):
+        if argv[0] == b"containerd-shim-pyrunc-v2-zygote" and argv[1].startswith(roots):
             pids.append(int(entry.name))
     return pids
 

@@ -26,9 +26,8 @@ from pycontainerd.shim.address import (
 )
 
 SHIM_VERSION = 2
-# Set by the zygote when it runs ``start`` in a warm child: fork the server directly,
-# and close these descriptors in it.
-USE_ZYGOTE = True
+# Set by the zygote when it runs ``start`` in a child: descriptors a server forked
+# here must close.
 CLOSE_IN_SERVER: list[int] = []
 
 
@@ -85,7 +84,7 @@ def _fork_server(
     """The server's pid: forked by the warm zygote when there is one, else by us."""
     from pycontainerd.shim import zygote
 
-    if USE_ZYGOTE and zygote.enabled():
+    if zygote.enabled():
         # The server's command line is ours without the action word, as Go shims show.
         cmdline = list(argv)
         if flags.action in cmdline:

@@ -314,7 +314,32 @@ def _preload() -> None:
     import pycontainerd.snapshots.interface
     import pycontainerd.snapshots.mount
     import pycontainerd.ttrpc
-    import pycontainerd.typeurl  # noqa: F401
+    import pycontainerd.typeurl
+
+    pycontainerd.snapshots.mount._Libc.get()  # the rootfs mounts' libc bindings
+    _warm_up()
+
+
+def _warm_up() -> None:
+    """Builds what the servers would each build lazily on first use (protobuf's
+    per-type parsing tables, an event loop's internals), so it is shared too."""
+    import asyncio
+
+    from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+
+    from pycontainerd._api.containerd.events import task_pb2 as events
+    from pycontainerd._api.containerd.runtime.task.v2 import shim_pb2
+    from pycontainerd._api.containerd.types.runc.options import oci_pb2
+
+    for module in (shim_pb2, events, oci_pb2, any_pb2, empty_pb2, timestamp_pb2):
+        for descriptor in module.DESCRIPTOR.message_types_by_name.values():
+            cls = getattr(module, descriptor.name)
+            cls.FromString(cls().SerializeToString())
+
+    async def tick() -> None:
+        await asyncio.sleep(0)
+
+    asyncio.run(tick())
 
 
 def serve_zygote(path: str, ready_fd: int) -> int:
@@ -481,10 +506,11 @@ def _run_command(request: Request, stdio: list[int], conn: socket.socket) -> Non
             os.close(fd)
         from pycontainerd.shim import main as shim_main
 
-        # Already warm: the server is forked here, not asked of the zygote, and must
-        # not hold the connection the daemon waits on.
-        shim_main.USE_ZYGOTE = False
+        # The server is still forked by the zygote (this child's own dirty pages would
+        # otherwise become the server's); should that fail, one forked here must not
+        # hold the connection the daemon waits on.
         shim_main.CLOSE_IN_SERVER.append(conn.fileno())
+        sys.argv = list(request.argv)
         try:
             shim_main.main(request.argv[1:])
         except SystemExit as exc:
