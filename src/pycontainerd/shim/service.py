@@ -201,7 +201,12 @@ class TaskService:
             )
             receive = asyncio.ensure_future(console_socket.receive()) if console_socket else None
             try:
-                await container.runc.run(args, stdio=proc.io.stdio)
+                try:
+                    await container.runc.run(args, stdio=proc.io.stdio)
+                except errdefs.ContainerdError as exc:
+                    # As containerd's shim: runc's words under what failed, code Unknown.
+                    what = "exec" if args[0] == "exec" else "create"
+                    raise errdefs.Unknown(f"OCI runtime {what} failed: {exc.message}") from exc
                 if receive is not None:
                     async with asyncio.timeout(10):
                         master = await receive
