@@ -12,6 +12,12 @@ bench/cache/) once without unpacking, then per round imports it again into a fre
 namespace: the content is already in the store, so what is measured is mostly the
 unpack (Go ctr driving Snapshots.Prepare, Diff.Apply and Snapshots.Commit).
 
+The cold pull workload (bench/pull.py) pushes the same image to a local
+docker-registry once, then per round empties the daemon of it (images rm --sync, checked
+on disk) and times `pyctr images pull` against pycontainerd and Go `ctr images pull`
+against containerd, both fetching and unpacking into overlayfs; it checks after each
+round that every blob and the whole snapshot chain are there.
+
 The task workloads (bench/tasks.py) run busybox containers through each daemon's own
 runc shim: ours maps io.containerd.runc.v2 to the Python shim by default (or, with
 --go-shim-for-ours, to containerd's Go shim, which separates the daemon's cost from
@@ -39,7 +45,7 @@ from pycontainerd import harness
 
 if __package__ in (None, ""):  # run as a script: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import content, image, tasks
+from bench import content, image, pull, tasks
 
 CTR = shutil.which("ctr") or "ctr"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -131,6 +137,7 @@ class _ContentRound:
 _content_round = _ContentRound()
 CONTENT = "content ingest+get 1 GiB"
 UNPACK = "unpack 1 GB image (5 gzip layers)"
+COLD_PULL = "cold pull 1 GB image (5 gzip layers)"
 RUN = "ctr run --rm /bin/true"
 EXEC = "ctr task exec /bin/true"
 DETACHED = f"{tasks.DETACHED} detached containers started"
@@ -139,11 +146,15 @@ _run = tasks.RunLatency()
 _exec = tasks.ExecLatency()
 _detached = tasks.Detached()
 _memory = tasks.Detached(measure_memory=True)
+_cold_pull = pull.ColdPull()
 WORKLOADS = [
     Workload("ctr version round trip", 1, _version),
     Workload("1,000 namespace create+delete", 1000, _namespaces),
     Workload(CONTENT, 1, _content_round.run, before_round=_content_round.prepare),
     Workload(UNPACK, 1, _unpack, _unpack_setup),
+    Workload(COLD_PULL, 1, _cold_pull.run, _cold_pull.setup,
+             before_target=_cold_pull.before_target, after_round=_cold_pull.after_round,
+             teardown=_cold_pull.teardown, report=_cold_pull.report),
     Workload(RUN, 1, _run.run, _run.setup, after_round=_run.after_round, teardown=_run.teardown),
     Workload(EXEC, 1, _exec.run, _exec.setup, teardown=_exec.teardown),
     Workload(DETACHED, tasks.DETACHED, _detached.run, _detached.setup,
@@ -157,6 +168,7 @@ ROUNDS = {
     "1,000 namespace create+delete": 3,
     CONTENT: 3,
     UNPACK: 3,
+    COLD_PULL: 2,
     RUN: 20,
     EXEC: 20,
     DETACHED: 3,
