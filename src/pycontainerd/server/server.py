@@ -39,6 +39,36 @@ from pycontainerd.snapshots import proxy as snapshot_proxy
 logger = logging.getLogger(__name__)
 
 
+class _MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """Every service's method handlers, served from one generic handler.
+
+    The generated ``add_*Servicer_to_server`` functions register their methods with
+    ``add_registered_method_handlers``; grpc.aio keeps one pending request per
+    registered method and waits on all of them (``asyncio.wait``) for every call, which
+    with the daemon's ~90 methods costs about 0.1 ms of CPU per RPC (a seventh of
+    a 32 KiB content Read). One generic handler needs one pending request and one dict
+    lookup. The services call ``register`` on this table as on a server.
+    """
+
+    def __init__(self) -> None:
+        self.methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self.generic: list[grpc.GenericRpcHandler[Any, Any]] = []
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        for method, handler in method_handlers.items():
+            self.methods[f"/{service_name}/{method}"] = handler
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        # The generated code adds a generic handler for the same methods as well: kept
+        # behind the table, it answers only what the table does not hold.
+        self.generic.extend(handlers)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        return self.methods.get(handler_call_details.method)
+
+
 class StartupError(ContainerdError):
     """The daemon cannot start (bad config, socket in use, a required plugin failed)."""
 
@@ -226,9 +256,11 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        table = _MethodTable()
         for p in self.plugins:
             if p.registration.type == PluginType.GRPC and p.error is None:
-                p.instance.register(server)
+                p.instance.register(table)
+        server.add_generic_rpc_handlers([table, *table.generic])
         server.add_insecure_port(f"unix://{self.address}")
         await server.start()
         self._grpc = server
