@@ -151,10 +151,12 @@ WORKLOADS = [
     Workload("ctr version round trip", 1, _version),
     Workload("1,000 namespace create+delete", 1000, _namespaces),
     Workload(CONTENT, 1, _content_round.run, before_round=_content_round.prepare),
-    Workload(UNPACK, 1, _unpack, _unpack_setup),
+    # Before the unpack workload: it leaves the same blobs in the store, and a cold pull
+    # must find none.
     Workload(COLD_PULL, 1, _cold_pull.run, _cold_pull.setup,
              before_target=_cold_pull.before_target, after_round=_cold_pull.after_round,
              teardown=_cold_pull.teardown, report=_cold_pull.report),
+    Workload(UNPACK, 1, _unpack, _unpack_setup),
     Workload(RUN, 1, _run.run, _run.setup, after_round=_run.after_round, teardown=_run.teardown),
     Workload(EXEC, 1, _exec.run, _exec.setup, teardown=_exec.teardown),
     Workload(DETACHED, tasks.DETACHED, _detached.run, _detached.setup,
