@@ -25,7 +25,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -194,18 +194,20 @@ def pss_kib(pid: int) -> int:
     raise RuntimeError(f"no Pss for pid {pid}")
 
 
+def _command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process that is still there when read."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                yield int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")
+
+
 def shim_pids(address: Path, ids: Iterable[str]) -> dict[str, list[int]]:
     """Shim processes of the daemon at ``address`` (their argv names it after -address)
     serving the containers ``ids``, by container id."""
     wanted = {cid.encode(): cid for cid in ids}
     found: dict[str, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for pid, argv in _command_lines():
         if b"-address" not in argv or b"-id" not in argv:
             continue
         i = argv.index(b"-address")
@@ -213,7 +215,7 @@ def shim_pids(address: Path, ids: Iterable[str]) -> dict[str, list[int]]:
             continue
         cid = argv[argv.index(b"-id") + 1] if argv.index(b"-id") + 1 < len(argv) else b""
         if cid in wanted:
-            found.setdefault(wanted[cid], []).append(int(entry.name))
+            found.setdefault(wanted[cid], []).append(pid)
     return found
 
 
@@ -222,17 +224,11 @@ def zygote_pids(state: Path) -> list[int]:
     /run/containerd, where shim sockets go when the state path is too long): their
     memory is part of what the shims cost, so it is counted with them."""
     roots = (str(state).encode() + b"/s/", b"/run/containerd/s/")
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0] == b"containerd-shim-pyrunc-v2-zygote" and argv[1].startswith(roots):
-            pids.append(int(entry.name))
-    return pids
+    return [
+        pid
+        for pid, argv in _command_lines()
+        if argv[0] == b"containerd-shim-pyrunc-v2-zygote" and argv[1].startswith(roots)
+    ]
 
 
 @dataclass(frozen=True)

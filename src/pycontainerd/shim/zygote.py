@@ -32,6 +32,7 @@ from pycontainerd.shim.address import Flags, sha256_hex
 TYPE_CHECKING = False  # typing itself costs milliseconds to import
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
 ZYGOTE_ENV = "PYRUNC_SHIM_ZYGOTE"
 IDLE_SECONDS = 30.0
@@ -126,14 +127,19 @@ def enabled() -> bool:
 def zygote_path(root: str) -> str:
     """The zygote's socket in the shim socket directory, named for this interpreter
     and code, so an upgraded shim never runs old code in a lingering zygote."""
-    tag = sha256_hex(_code_stamp().encode())[:16]
-    return os.path.join(root, "s", f"z-{tag}")
+    if not _CODE_TAG:
+        _CODE_TAG.append(sha256_hex(_code_stamp().encode())[:16])
+    return os.path.join(root, "s", f"z-{_CODE_TAG[0]}")
+
+
+# Computed once per process: the daemon asks for it on every container start.
+_CODE_TAG: list[str] = []
 
 
 def _code_stamp() -> str:
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parts = [sys.executable, package]
-    for sub in ("shim", "ttrpc", "sansio", "api"):
+    for sub in ("shim", "ttrpc", "sansio"):
         try:
             entries = sorted(os.scandir(os.path.join(package, sub)), key=lambda e: e.name)
         except OSError:
@@ -449,20 +455,20 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
         if request.run:
             if len(fds) != 2:
                 raise ValueError("a run request carries its stdout and stderr")
-            children.add(_fork_command(request, fds, conn, sock, path))
+            # The command's command line, as Go shims show theirs: without ``start``.
+            cmdline = [word for word in request.argv if word != "start"]
+            stdio = list(fds)
+            children.add(_fork_as(cmdline, path, sock, lambda: _run_command(request, stdio, conn)))
             return
         if len(fds) != 1:
             raise ValueError("request carries no listening socket")
-        # The child is born with its own command line: set ours to it around the fork.
-        _set_cmdline(request.argv)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                sock.close()
-                conn.close()
-                _become_server(fds[0], request)  # never returns
-        finally:
-            _set_cmdline([*ZYGOTE_CMDLINE, path])
+        listener = fds[0]
+
+        def serve() -> None:
+            conn.close()
+            _become_server(listener, request)
+
+        pid = _fork_as(request.argv, path, sock, serve)
         children.add(pid)
         conn.sendall(b"ok %d" % pid)
     except (OSError, ValueError) as exc:
@@ -475,18 +481,19 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
             os.close(fd)
 
 
-def _fork_command(
-    request: Request, stdio: list[int], conn: socket.socket, sock: socket.socket, path: str
-) -> int:
-    """Forks a child that runs the shim command line of ``request`` with ``stdio`` as
-    its stdout and stderr, and reports ``exit <status>`` on ``conn``."""
-    cmdline = [word for word in request.argv if word != "start"]
+def _fork_as(cmdline: list[str], path: str, sock: socket.socket, child: Callable[[], None]) -> int:
+    """Forks a child that closes the zygote's socket ``sock`` and runs ``child`` (which
+    must not return), born with ``cmdline`` as its command line: ours is set to it
+    around the fork."""
     _set_cmdline(cmdline)
     try:
         pid = os.fork()
         if pid == 0:
-            sock.close()
-            _run_command(request, stdio, conn)  # never returns
+            try:
+                sock.close()
+                child()
+            finally:
+                os._exit(1)
     finally:
         _set_cmdline([*ZYGOTE_CMDLINE, path])
     return pid
