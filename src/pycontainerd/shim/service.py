@@ -135,7 +135,9 @@ class TaskService:
         ns = self._ns(ctx)
         bundle = Path(req.bundle)
         options = runc_options(req.options if req.HasField("options") else None)
-        await asyncio.to_thread(write_options, bundle, options)
+        # Small local file and mount calls run inline: a first asyncio.to_thread in a new
+        # shim starts the executor's thread, which costs milliseconds on every create.
+        write_options(bundle, options)
         runc = Runc(
             config_for(ns, bundle, options.binary_name, options.root, options.systemd_cgroup),
             self.reaper,
@@ -145,7 +147,7 @@ class TaskService:
         self.containers[req.id] = container
         try:
             if req.rootfs:
-                await asyncio.to_thread(_mount_rootfs, list(req.rootfs), bundle / "rootfs")
+                _mount_rootfs(list(req.rootfs), bundle / "rootfs")
                 container.rootfs_mounted = True
             pid_file = bundle / "init.pid"
             args = create_args(
@@ -159,7 +161,7 @@ class TaskService:
         except BaseException:
             self.containers.pop(req.id, None)
             if container.rootfs_mounted:
-                await asyncio.to_thread(_unmount_rootfs, bundle / "rootfs")
+                _unmount_rootfs(bundle / "rootfs")
             raise
         container.oom = OOMWatcher.start(
             init.pid, lambda: self._publish(ns, events.TaskOOM(container_id=req.id))
@@ -217,7 +219,7 @@ class TaskService:
                 if receive is not None and not receive.done():
                     receive.cancel()
                 proc.io.release_child_fds()
-            proc.pid = int((await asyncio.to_thread(pid_file.read_text)).strip())
+            proc.pid = int(pid_file.read_text().strip())
         except BaseException:
             if proc.io is not None:
                 proc.io.close()
@@ -273,7 +275,7 @@ class TaskService:
             return pb.StartResponse(pid=proc.pid)
         spec_file = container.bundle / f"{req.exec_id}.process.json"
         pid_file = container.bundle / f"{req.exec_id}.pid"
-        await asyncio.to_thread(spec_file.write_bytes, proc.spec)
+        spec_file.write_bytes(proc.spec)
         try:
             await self._launch(
                 container, proc, exec_args(str(spec_file), str(pid_file), req.id), pid_file
@@ -310,7 +312,7 @@ class TaskService:
                 async with asyncio.timeout(_DELETE_EXIT_WAIT):
                     await proc.exited.wait()
         if container.rootfs_mounted:
-            await asyncio.to_thread(_unmount_rootfs, container.bundle / "rootfs")
+            _unmount_rootfs(container.bundle / "rootfs")
             container.rootfs_mounted = False
         for process in (proc, *container.execs.values()):
             _close_process(process)
