@@ -1,7 +1,9 @@
 """errdefs at the gRPC edge: error kinds to status codes and back, as containerd maps them.
 
-The server side is an interceptor, so service methods never ``try``: it sets the call's
-namespace from the ``containerd-namespace`` header and turns a raised error kind into
+On the server side every method handler is wrapped once (``wrap_handler``; for grpc.aio
+servers through ``ContainerdInterceptor``), so service methods never ``try``: the wrapper
+sets the call's namespace and lease from the ``containerd-namespace`` and
+``containerd-lease`` headers and turns a raised error kind into
 ``context.abort(code, message)``.
 """
 
@@ -52,10 +54,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     await context.abort(code, message)
 
 
-def _wrap_unary(
-    fn: Callable[[Any, Any], Awaitable[Any]], ns: str | None, lease: str | None
-) -> Callable[[Any, Any], Awaitable[Any]]:
+def _wrap_unary(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        ns, lease = _headers_from(context.invocation_metadata())
         token = namespaces.set_current(ns)
         lease_token = leases.set_current(lease)
         try:
@@ -74,7 +75,7 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    fn: Callable[[Any, Any], AsyncIterator[Any]], ns: str | None, lease: str | None
+    fn: Callable[[Any, Any], AsyncIterator[Any]],
 ) -> Callable[[Any, Any], Awaitable[None]]:
     """A coroutine handler writing the service's generator to the call.
 
@@ -85,6 +86,7 @@ def _wrap_stream(
     """
 
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        ns, lease = _headers_from(context.invocation_metadata())
         token = namespaces.set_current(ns)
         lease_token = leases.set_current(lease)
         responses = fn(request, context)
@@ -107,8 +109,25 @@ def _wrap_stream(
     return handler
 
 
+def wrap_handler(handler: Any) -> Any:
+    """``handler`` (a grpc.RpcMethodHandler) with namespace, lease and error mapping."""
+    kwargs: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), **kwargs)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream), **kwargs)
+    return handler
+
+
 class ContainerdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Sets the namespace context var and maps error kinds to status codes."""
+    """``wrap_handler`` for every call of a grpc.aio server."""
 
     async def intercept_service(
         self,
@@ -118,25 +137,4 @@ class ContainerdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         handler: Any = await continuation(handler_call_details)
         if handler is None:
             return None
-        ns, lease = _headers_from(handler_call_details.invocation_metadata)
-        kwargs: dict[str, Any] = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, ns, lease), **kwargs
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, ns, lease), **kwargs
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, ns, lease), **kwargs
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, ns, lease), **kwargs
-            )
-        return handler
+        return wrap_handler(handler)

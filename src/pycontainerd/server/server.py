@@ -15,15 +15,16 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import grpc.aio
 
 from pycontainerd import config as configmod
 from pycontainerd.errdefs import ContainerdError, FailedPrecondition, InvalidArgument
-from pycontainerd.errdefs_grpc import ContainerdInterceptor
+from pycontainerd.errdefs_grpc import ContainerdInterceptor, wrap_handler
 from pycontainerd.plugin import (
     InitContext,
     Meta,
@@ -34,9 +35,13 @@ from pycontainerd.plugin import (
     SkipPlugin,
     graph,
 )
+from pycontainerd.server.h2grpc import GrpcServer
 from pycontainerd.snapshots import proxy as snapshot_proxy
 
 logger = logging.getLogger(__name__)
+
+# "grpcio" serves with grpc.aio's server instead of ours (h2grpc).
+GRPC_SERVER_ENV = "PYCONTAINERD_GRPC_SERVER"
 
 
 class _MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
@@ -67,6 +72,28 @@ class _MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         return self.methods.get(handler_call_details.method)
+
+    def wrapped_lookup(self) -> Callable[[str], Any]:
+        """Method path to handler, each wrapped once (``wrap_handler``), for our server."""
+        wrapped = {path: wrap_handler(h) for path, h in self.methods.items()}
+
+        def lookup(path: str) -> Any:
+            handler = wrapped.get(path)
+            if handler is None and self.generic:
+                details: Any = _CallDetails(path, ())
+                for generic in self.generic:
+                    found = generic.service(details)
+                    if found is not None:
+                        handler = wrapped[path] = wrap_handler(found)
+                        break
+            return handler
+
+        return lookup
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...]
 
 
 class StartupError(ContainerdError):
@@ -146,7 +173,7 @@ class Server:
         self.plugins = PluginSet()
         self._registrations = list(registrations)  # proxy plugins are added at start
         self._proxies_added = False
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: grpc.aio.Server | GrpcServer | None = None
         self._stopped = asyncio.Event()
 
     def _add_proxy_registrations(self) -> None:
@@ -248,22 +275,31 @@ class Server:
 
     async def _serve(self) -> None:
         g = self.config.grpc
-        server = grpc.aio.server(
-            interceptors=[ContainerdInterceptor()],
-            options=[
-                ("grpc.max_receive_message_length", g.max_recv_message_size),
-                ("grpc.max_send_message_length", g.max_send_message_size),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
         table = _MethodTable()
         for p in self.plugins:
             if p.registration.type == PluginType.GRPC and p.error is None:
                 p.instance.register(table)
-        server.add_generic_rpc_handlers([table, *table.generic])
-        server.add_insecure_port(f"unix://{self.address}")
-        await server.start()
-        self._grpc = server
+        if os.environ.get(GRPC_SERVER_ENV) == "grpcio":
+            server = grpc.aio.server(
+                interceptors=[ContainerdInterceptor()],
+                options=[
+                    ("grpc.max_receive_message_length", g.max_recv_message_size),
+                    ("grpc.max_send_message_length", g.max_send_message_size),
+                    ("grpc.so_reuseport", 0),
+                ],
+            )
+            server.add_generic_rpc_handlers([table, *table.generic])
+            server.add_insecure_port(f"unix://{self.address}")
+            await server.start()
+            self._grpc = server
+        else:
+            ours = GrpcServer(
+                table.wrapped_lookup(),
+                max_recv=g.max_recv_message_size,
+                max_send=g.max_send_message_size,
+            )
+            await ours.start(str(self.address))
+            self._grpc = ours
         os.chmod(self.address, 0o660)
         if (g.uid, g.gid) != (os.getuid(), os.getgid()):
             os.chown(self.address, g.uid, g.gid)
