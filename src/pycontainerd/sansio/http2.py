@@ -4,8 +4,8 @@ Bytes go in through ``receive`` and come back as events; what the connection has
 (settings, acknowledgements, window updates, the application's frames) collects in a
 buffer that ``data_to_send`` empties. Only what a gRPC server needs is here: no server
 push, no priorities (PRIORITY frames and fields are read and ignored), header blocks
-decoded by ``hpack`` and encoded by the application as literals (``literal_header``), so
-our side never keeps a dynamic table.
+decoded by ``header_compression`` and encoded by the application as literals
+(``literal_header``), so our side never keeps a dynamic table.
 
 Flow control: the connection's receive window is refilled as data arrives; a stream's
 only when the application says it has consumed the data (``consumed``), so a client
@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-import hpack
+from pycontainerd.sansio.header_compression import HeaderDecoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -175,8 +175,7 @@ class ServerConnection:
         self._out: list[bytes] = []
         self._buf = b""
         self._preface_seen = False
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = max_header_list
+        self._decoder = HeaderDecoder(max_header_list=max_header_list)
         self._max_header_list = max_header_list
         self._local_initial_window = initial_window
         self._local_max_frame = max_frame
@@ -458,8 +457,8 @@ class ServerConnection:
 
     def _header_block_done(self, block: _HeaderBlock, events: list[Event]) -> None:
         try:
-            decoded = self._decoder.decode(b"".join(block.parts), raw=True)
-        except Exception as exc:  # whatever hpack makes of a broken block
+            decoded = self._decoder.decode(b"".join(block.parts))
+        except Exception as exc:  # DecodeError, or whatever a broken Huffman string gives
             raise ProtocolError(
                 COMPRESSION_ERROR, f"header block cannot be decoded: {exc}"
             ) from None
