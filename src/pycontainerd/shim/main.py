@@ -25,6 +25,13 @@ from pycontainerd.shim.address import (
     state_root,
 )
 
+TYPE_CHECKING = False  # typing itself costs milliseconds to import
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    # spawn(listener, flags, bundle, address, command line, env) -> the server's pid
+    Spawn = Callable[[RawSocket, Flags, str, str, list[str], Mapping[str, str]], int]
+
 SHIM_VERSION = 2
 # Set by the zygote when it runs ``start`` in a child: descriptors a server forked
 # here must close.
@@ -61,36 +68,61 @@ def _bundle(flags: Flags) -> str:
 
 
 def start(flags: Flags, argv: list[str]) -> int:
-    bundle = os.path.abspath(_bundle(flags))
-    root = state_root(bundle, os.environ.get("MAX_SHIM_VERSION"))
+    code, out, err = start_shim(flags, argv, os.environ, os.getcwd(), _fork_server)
+    if err:
+        print(err, file=sys.stderr)
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    return code
+
+
+def start_shim(
+    flags: Flags,
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: str,
+    spawn: Spawn,
+) -> tuple[int, str, str]:
+    """The ``start`` command as if run with ``env`` in ``cwd``: bind the group's socket
+    (or find its live server), have ``spawn`` fork a server onto it, and return (exit
+    status, what to print, an error). The zygote runs it in its own process."""
+    bundle = os.path.join(cwd, flags.bundle) if flags.bundle else cwd
+    bundle = os.path.abspath(bundle)
+    version = env.get("MAX_SHIM_VERSION")
+    root = state_root(bundle, version)
     address = socket_address(flags.address, flags.namespace, group_id(bundle, flags.id), root)
     try:
         listener = _listen(socket_path(address))
     except OSError as exc:
-        print(f"create shim socket {address}: {exc}", file=sys.stderr)
-        return 1
+        return 1, "", f"create shim socket {address}: {exc}"
     if listener is not None:
-        pid = _fork_server(listener, flags, bundle, address, argv, root)
-        listener.close()
+        try:
+            # The server's command line is ours without the action word, as Go shims show.
+            cmdline = list(argv)
+            if flags.action in cmdline:
+                del cmdline[len(cmdline) - 1 - cmdline[::-1].index(flags.action)]
+            pid = spawn(listener, flags, bundle, address, cmdline, env)
+        finally:
+            listener.close()
         _write(os.path.join(bundle, "shim.pid"), str(pid))
     _write(os.path.join(bundle, "address"), address)
-    _print_address(address)
-    return 0
+    return 0, address_output(address, version), ""
 
 
 def _fork_server(
-    listener: RawSocket, flags: Flags, bundle: str, address: str, argv: list[str], root: str
+    listener: RawSocket,
+    flags: Flags,
+    bundle: str,
+    address: str,
+    cmdline: list[str],
+    env: Mapping[str, str],
 ) -> int:
     """The server's pid: forked by the warm zygote when there is one, else by us."""
     from pycontainerd.shim import zygote
 
     if zygote.enabled():
-        # The server's command line is ours without the action word, as Go shims show.
-        cmdline = list(argv)
-        if flags.action in cmdline:
-            del cmdline[len(cmdline) - 1 - cmdline[::-1].index(flags.action)]
-        request = zygote.Request(flags, address, bundle, cmdline, dict(os.environ))
-        pid = zygote.fork_server(listener, request, root)
+        request = zygote.Request(flags, address, bundle, cmdline, dict(env))
+        pid = zygote.fork_server(listener, request, state_root(bundle, env.get("MAX_SHIM_VERSION")))
         if pid is not None:
             return pid
     pid = os.fork()
@@ -104,20 +136,20 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _print_address(address: str) -> None:
-    version = os.environ.get("MAX_SHIM_VERSION", "")
-    if version.isdigit() and int(version) >= SHIM_VERSION:
-        out = _json_string_safe(address) and (
-            f'{{"version": {SHIM_VERSION}, "address": "{address}", "protocol": "ttrpc"}}'
-        )
-        if not out:  # unusual characters: let json escape them
-            import json
+def address_output(address: str, max_shim_version: str | None) -> str:
+    """What ``start`` prints: JSON for a daemon that announced shim protocol 2+, else
+    the plain address (containerd 1.6)."""
+    version = max_shim_version or ""
+    if not (version.isdigit() and int(version) >= SHIM_VERSION):
+        return address
+    out = _json_string_safe(address) and (
+        f'{{"version": {SHIM_VERSION}, "address": "{address}", "protocol": "ttrpc"}}'
+    )
+    if not out:  # unusual characters: let json escape them
+        import json
 
-            out = json.dumps({"version": SHIM_VERSION, "address": address, "protocol": "ttrpc"})
-    else:
-        out = address
-    sys.stdout.write(out)
-    sys.stdout.flush()
+        out = json.dumps({"version": SHIM_VERSION, "address": address, "protocol": "ttrpc"})
+    return out
 
 
 def _json_string_safe(text: str) -> bool:

@@ -32,7 +32,7 @@ from pycontainerd.shim.address import Flags, sha256_hex
 TYPE_CHECKING = False  # typing itself costs milliseconds to import
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 ZYGOTE_ENV = "PYRUNC_SHIM_ZYGOTE"
 IDLE_SECONDS = 30.0
@@ -455,9 +455,11 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
         if request.run:
             if len(fds) != 2:
                 raise ValueError("a run request carries its stdout and stderr")
-            # The command's command line, as Go shims show theirs: without ``start``.
-            cmdline = [word for word in request.argv if word != "start"]
             stdio = list(fds)
+            if _start_here(request, stdio, conn, sock, path, children):
+                return
+            # Another command: run in a child, with the command line Go shims show.
+            cmdline = [word for word in request.argv if word != "start"]
             children.add(_fork_as(cmdline, path, sock, lambda: _run_command(request, stdio, conn)))
             return
         if len(fds) != 1:
@@ -497,6 +499,65 @@ def _fork_as(cmdline: list[str], path: str, sock: socket.socket, child: Callable
     finally:
         _set_cmdline([*ZYGOTE_CMDLINE, path])
     return pid
+
+
+def _start_here(
+    request: Request,
+    stdio: list[int],
+    conn: socket.socket,
+    sock: socket.socket,
+    path: str,
+    children: set[int],
+) -> bool:
+    """Runs a ``start`` command in the zygote itself (no child to fork and wait for,
+    and the server is forked straight from here); False for any other command."""
+    import contextlib
+
+    from pycontainerd.shim import main as shim_main
+    from pycontainerd.shim.address import parse_flags
+
+    try:
+        flags = parse_flags(request.argv[1:])
+    except ValueError:
+        return False
+    if flags.action != "start":
+        return False
+    if not flags.namespace:
+        flags.namespace = request.env.get("NAMESPACE", "")
+    if not flags.namespace:
+        return False  # the command's own error message, from a child
+
+    def spawn(
+        listener: RawSocket,
+        flags: Flags,
+        bundle: str,
+        address: str,
+        cmdline: list[str],
+        env: Mapping[str, str],
+    ) -> int:
+        server = Request(flags, address, bundle, cmdline, dict(env))
+        listener_fd = listener.fileno()
+
+        def serve() -> None:
+            # The daemon reads the command's output until every copy is closed.
+            for fd in (conn.fileno(), *stdio):
+                os.close(fd)
+            _become_server(listener_fd, server)
+
+        pid = _fork_as(cmdline, path, sock, serve)
+        children.add(pid)
+        return pid
+
+    try:
+        code, out, err = shim_main.start_shim(flags, request.argv, request.env, request.cwd, spawn)
+    except Exception as exc:
+        code, out, err = 1, "", f"start: {exc}"
+    for fd, text in ((stdio[0], out), (stdio[1], err)):
+        if text:
+            with contextlib.suppress(OSError):
+                os.write(fd, text.encode())
+    conn.sendall(b"exit %d" % code)
+    return True
 
 
 def _run_command(request: Request, stdio: list[int], conn: socket.socket) -> None:
