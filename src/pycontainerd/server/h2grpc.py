@@ -104,7 +104,7 @@ class Context:
         await self._call.send_message(self._call.serialize(message))
 
     async def send_initial_metadata(self, metadata: Any = ()) -> None:
-        self._call.send_headers()
+        self._call.send_headers(metadata)
 
     def time_remaining(self) -> float | None:
         deadline = self._call.deadline
@@ -250,10 +250,11 @@ class _Call:
         data: bytes = serialize(message) if serialize else message
         return data
 
-    def send_headers(self) -> None:
+    def send_headers(self, metadata: Any = ()) -> None:
         if not self.headers_sent and not self.finished:
             self.headers_sent = True
-            self.conn.h2.send_headers(self.stream_id, _RESPONSE_HEADERS)
+            block = _RESPONSE_HEADERS + b"".join(_metadata_field(k, v) for k, v in metadata)
+            self.conn.h2.send_headers(self.stream_id, block)
             self.conn.flush()
 
     async def send_message(self, data: bytes) -> None:
@@ -523,6 +524,18 @@ class _Connection(asyncio.Protocol):
         for fut in self._window_waiters.values():
             if not fut.done():
                 fut.set_result(None)
+
+
+def _metadata_field(key: str, value: str | bytes) -> bytes:
+    """A custom metadata entry as a header: ``-bin`` values in unpadded base64."""
+    import base64
+
+    name = key.lower().encode("ascii")
+    if key.endswith("-bin"):
+        raw = value if isinstance(value, bytes) else value.encode()
+        return http2.literal_header(name, base64.b64encode(raw).rstrip(b"="))
+    text = value.decode("ascii") if isinstance(value, bytes) else value
+    return http2.literal_header(name, text.encode("ascii"))
 
 
 def _binary(value: str) -> bytes:

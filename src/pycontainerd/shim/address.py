@@ -19,6 +19,7 @@ except ImportError:
 def sha256_hex(data: bytes) -> str:
     return str(sha256(data).hexdigest())
 
+
 # containerd 1.6 hard-codes where shim sockets live (runtime/v2/shim/util_unix.go).
 CONTAINERD_STATE = "/run/containerd"
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
