@@ -220,14 +220,16 @@ def shim_pids(address: Path, ids: Iterable[str]) -> dict[str, list[int]]:
 
 
 def zygote_pids(state: Path) -> list[int]:
-    """Our shims' fork servers for the daemon with state dir ``state`` (or for
-    /run/containerd, where shim sockets go when the state path is too long): their
-    memory is part of what the shims cost, so it is counted with them."""
+    """Our shims' fork servers, and the spare server each keeps forked ahead, for the
+    daemon with state dir ``state`` (or for /run/containerd, where shim sockets go when
+    the state path is too long): their memory is part of what the shims cost, so it is
+    counted with them."""
     roots = (str(state).encode() + b"/s/", b"/run/containerd/s/")
+    names = (b"containerd-shim-pyrunc-v2-zygote", b"containerd-shim-pyrunc-v2-spare")
     return [
         pid
         for pid, argv in _command_lines()
-        if argv[0] == b"containerd-shim-pyrunc-v2-zygote" and argv[1].startswith(roots)
+        if argv[0] in names and len(argv) > 1 and argv[1].startswith(roots)
     ]
 
 

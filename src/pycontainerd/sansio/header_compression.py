@@ -63,7 +63,9 @@ class HeaderDecoder:
                 name, value, pos = self._literal(block, pos, index)
                 headers.append((name, value))
                 self._add(name, value)
-            elif first & 0x20:  # dynamic table size update
+            elif first & 0x20:  # dynamic table size update: only before any field
+                if headers:
+                    raise DecodeError("dynamic table size update after a header field")
                 size, pos = _integer(block, pos, 5)
                 if size > self._limit:
                     raise DecodeError(f"table size {size} above the limit {self._limit}")

@@ -262,11 +262,16 @@ class ServerConnection:
         if stream is None or stream.local_closed:
             return 0
         total = len(data)
+        if total == 0:
+            if end_stream:  # an empty DATA frame needs no window
+                self._out.append(frame(DATA, FLAG_END_STREAM, stream_id))
+                self._end_local(stream_id, stream)
+            return 0
         sent = 0
         size = self._peer_max_frame
-        while sent < total or (total == 0 and end_stream):
+        while sent < total:
             n = min(total - sent, size, stream.send_window, self._conn_send_window)
-            if n <= 0 and total != 0:
+            if n <= 0:
                 break
             last = end_stream and sent + n == total
             chunk = bytes(data[sent : sent + n])
@@ -376,13 +381,17 @@ class ServerConnection:
         elif kind == WINDOW_UPDATE:
             self._window_update(sid, payload, events)
         elif kind == PING:
-            if sid != 0 or len(payload) != 8:
-                raise ProtocolError(PROTOCOL_ERROR, "bad PING frame")
+            if sid != 0:
+                raise ProtocolError(PROTOCOL_ERROR, "PING on a stream")
+            if len(payload) != 8:
+                raise ProtocolError(FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
             if not flags & FLAG_ACK:
                 self._out.append(frame(PING, FLAG_ACK, 0, payload))
         elif kind == RST_STREAM:
-            if sid == 0 or len(payload) != 4:
-                raise ProtocolError(PROTOCOL_ERROR, "bad RST_STREAM frame")
+            if sid == 0:
+                raise ProtocolError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+            if len(payload) != 4:
+                raise ProtocolError(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
             if sid > self._last_stream_id:
                 raise ProtocolError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
             if self._streams.pop(sid, None) is not None:
@@ -393,8 +402,10 @@ class ServerConnection:
             last, code = struct.unpack_from(">II", payload)
             events.append(GoAwayReceived(last & 0x7FFFFFFF, code))
         elif kind == PRIORITY:
-            if sid == 0 or len(payload) != 5:
-                raise ProtocolError(PROTOCOL_ERROR, "bad PRIORITY frame")
+            if sid == 0:
+                raise ProtocolError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                raise ProtocolError(FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
         elif kind == PUSH_PROMISE:
             raise ProtocolError(PROTOCOL_ERROR, "a client may not push")
         # Unknown frame types are ignored (RFC 9113 section 4.1).

@@ -224,12 +224,14 @@ class _Call:
     def start(self) -> None:
         if self._streaming_request:
             self._messages = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        self.task = loop.create_task(self._run())
+        self.task = asyncio.get_running_loop().create_task(self._run())
         self.conn.server.tasks.add(self.task)
         self.task.add_done_callback(self.conn.server.tasks.discard)
+
+    def arm_deadline(self) -> None:
+        """The deadline runs from the request's headers, also while it is incomplete."""
         if self.deadline is not None:
-            self._timer = loop.call_at(self.deadline, self._expire)
+            self._timer = asyncio.get_running_loop().call_at(self.deadline, self._expire)
 
     async def _requests(self) -> AsyncIterator[Any]:
         assert self._messages is not None
@@ -388,6 +390,7 @@ class _Connection(asyncio.Protocol):
         self._writable.set()
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self.closed = False
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -466,6 +469,7 @@ class _Connection(asyncio.Protocol):
         deadline = asyncio.get_running_loop().time() + timeout if timeout is not None else None
         call = _Call(self, sid, handler, tuple(metadata), deadline)
         self.calls[sid] = call
+        call.arm_deadline()
         if handler.request_streaming:
             call.start()
         if event.end_stream:
@@ -514,8 +518,23 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
+    def finish(self) -> None:
+        if self.transport is not None and not self.closed:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.closed = True  # nothing more is written; the client's frames are read
+            else:
+                self.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
         self.server.connections.discard(self)
         self._writable.set()
         for call in list(self.calls.values()):
@@ -580,8 +599,16 @@ class GrpcServer:
             task.cancel()
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=5)
+        # Half-close and let each client close its end: closing a unix socket with the
+        # client's last frames unread would reset it before it read our GOAWAY. A client
+        # that does neither (or stopped reading) is cut after a moment.
         for conn in list(self.connections):
-            conn.close()
+            conn.finish()
+        closing = [c.lost for c in self.connections]
+        if closing:
+            await asyncio.wait(closing, timeout=1.0)
+        for conn in list(self.connections):
+            conn.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)

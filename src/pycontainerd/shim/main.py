@@ -198,7 +198,7 @@ def become_server(listener_fd: int, flags: Flags, bundle: str, address: str) -> 
 
         listener = socket.socket(fileno=listener_fd)
         os.setsid()
-        _redirect_stdio(bundle)
+        redirect_stdio(bundle)
         # asyncio imports ssl only if it can; the shim speaks ttrpc over unix sockets,
         # and OpenSSL's initialisation costs about 1 MiB per container.
         if "ssl" not in sys.modules:
@@ -214,7 +214,7 @@ def become_server(listener_fd: int, flags: Flags, bundle: str, address: str) -> 
         os._exit(code)
 
 
-def _redirect_stdio(bundle: str) -> None:
+def redirect_stdio(bundle: str) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     try:

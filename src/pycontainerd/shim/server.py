@@ -17,24 +17,32 @@ from pycontainerd.ttrpc import Server
 
 def serve(listener: socket.socket, flags: Flags, address: str) -> int:
     """Serves until Shutdown with no containers left; returns the exit code."""
+    set_subreaper()
+    asyncio.run(serve_activated(listener, flags, address))
+    return 0
+
+
+async def serve_activated(
+    listener: socket.socket, flags: Flags, address: str, reaper: Reaper | None = None
+) -> None:
+    """Serves in the running loop (a spare's, which installed ``reaper`` already)."""
     logging.basicConfig(
         level=logging.DEBUG if flags.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s shim %(name)s: %(message)s",
     )
-    set_subreaper()
     # The daemon's systemd notify socket would make runc wait for the container's READY.
     os.environ.pop("NOTIFY_SOCKET", None)
     try:
-        asyncio.run(_serve(listener, flags))
+        await _serve(listener, flags, reaper)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(socket_path(address))
-    return 0
 
 
-async def _serve(listener: socket.socket, flags: Flags) -> None:
-    reaper = Reaper()
-    reaper.install(asyncio.get_running_loop())
+async def _serve(listener: socket.socket, flags: Flags, reaper: Reaper | None) -> None:
+    if reaper is None:
+        reaper = Reaper()
+        reaper.install(asyncio.get_running_loop())
     done = asyncio.Event()
     publisher = Publisher(
         os.environ.get("TTRPC_ADDRESS", ""), flags.address, flags.publish_binary, reaper

@@ -46,6 +46,9 @@ MAGIC_RUN = b"pyrunc-zygote-run/1"
 ARGV_ROOM = 2048
 MAX_REQUEST = 1 << 20
 ZYGOTE_CMDLINE = ["containerd-shim-pyrunc-v2-zygote"]
+# A pre-forked server waiting for its container shows this and the zygote's path.
+SPARE_CMDLINE = "containerd-shim-pyrunc-v2-spare"
+ACTIVATE_TIMEOUT = 2.0
 _FLAG_FIELDS = ("namespace", "address", "publish_binary", "id", "bundle")
 _LEN = struct.Struct("!I")
 
@@ -369,23 +372,31 @@ def serve_zygote(path: str, ready_fd: int) -> int:
     sock.settimeout(1.0)
     children: set[int] = set()
     idle_since = time.monotonic()
-    while True:
-        if _reap(children) and not children:
+    global _spare
+    try:
+        while True:
+            if _spare is None:
+                _spare = _Spare.fork(path, sock)
+            if _reap(children) and not children:
+                idle_since = time.monotonic()
+            if not children and time.monotonic() - idle_since > IDLE_SECONDS:
+                break
+            try:
+                if os.stat(path).st_ino != identity:
+                    return 0  # replaced: it is not ours to remove
+            except OSError:
+                return 0
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                _handle(conn, sock, path, children)
             idle_since = time.monotonic()
-        if not children and time.monotonic() - idle_since > IDLE_SECONDS:
-            break
-        try:
-            if os.stat(path).st_ino != identity:
-                return 0  # replaced: it is not ours to remove
-        except OSError:
-            return 0
-        try:
-            conn, _ = sock.accept()
-        except TimeoutError:
-            continue
-        with conn:
-            _handle(conn, sock, path, children)
-        idle_since = time.monotonic()
+    finally:
+        if _spare is not None:
+            _spare.close()
+            _spare = None
     os.unlink(path)
     return 0
 
@@ -419,18 +430,20 @@ def _bind(path: str) -> socket.socket | None:
 
 
 def _reap(children: set[int]) -> bool:
+    """Collects exited children (a spare that died too); True if a server was one."""
     reaped = False
-    while children:
+    while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
+            reaped = bool(children)
             children.clear()
-            return True
+            return reaped
         if pid == 0:
-            break
-        children.discard(pid)
-        reaped = True
-    return reaped
+            return reaped
+        if pid in children:
+            children.discard(pid)
+            reaped = True
 
 
 def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[int]) -> None:
@@ -464,13 +477,7 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
             return
         if len(fds) != 1:
             raise ValueError("request carries no listening socket")
-        listener = fds[0]
-
-        def serve() -> None:
-            conn.close()
-            _become_server(listener, request)
-
-        pid = _fork_as(request.argv, path, sock, serve)
+        pid = _server_for(fds[0], request, path, sock, [conn.fileno()])
         children.add(pid)
         conn.sendall(b"ok %d" % pid)
     except (OSError, ValueError) as exc:
@@ -481,6 +488,149 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _server_for(
+    listener_fd: int, request: Request, path: str, sock: socket.socket, close_in_child: list[int]
+) -> int:
+    """The pid of a server for ``request`` on ``listener_fd``: the waiting spare when it
+    takes it, else a child forked now (which closes ``close_in_child`` first)."""
+    global _spare
+    spare, _spare = _spare, None
+    if spare is not None and spare.activate(listener_fd, request):
+        return spare.pid
+
+    def serve() -> None:
+        for fd in close_in_child:
+            os.close(fd)
+        _become_server(listener_fd, request)
+
+    return _fork_as(request.argv, path, sock, serve)
+
+
+class _Spare:
+    """A server forked ahead of need: its event loop runs and the pages it writes on
+    the way are already copied, so a container's shim starts serving at once. It
+    waits on its end of a socket pair for the listening socket and the request."""
+
+    def __init__(self, pid: int, control: socket.socket) -> None:
+        self.pid = pid
+        self.control = control
+
+    @classmethod
+    def fork(cls, path: str, sock: socket.socket) -> _Spare | None:
+        import socket
+
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            return None
+
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            try:
+                # Set here, not around the fork as for servers: the zygote keeps its
+                # own command line (it is looked up by it) while it forks spares.
+                _set_cmdline([SPARE_CMDLINE, path])
+                sock.close()
+                ours.close()
+                _spare_main(theirs)
+            finally:
+                os._exit(1)
+        theirs.close()
+        ours.set_inheritable(False)
+        return cls(pid, ours)
+
+    def activate(self, listener_fd: int, request: Request) -> bool:
+        """Hands over the socket and request; True once the spare has taken them."""
+        import socket
+
+        try:
+            self.control.settimeout(ACTIVATE_TIMEOUT)
+            data = encode_request(request)
+            sent = socket.send_fds(self.control, [data], [listener_fd])
+            if sent < len(data):
+                self.control.sendall(data[sent:])
+            taken = self.control.recv(16) == b"ok"
+        except OSError:
+            taken = False
+        finally:
+            self.control.close()
+        if not taken:
+            import contextlib
+            import signal
+
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+        return taken
+
+    def close(self) -> None:
+        """The spare sees the end of its socket and exits."""
+        self.control.close()
+
+
+_spare: _Spare | None = None
+
+
+def _spare_main(control: socket.socket) -> None:
+    """The spare's life: prepare what every server needs, wait, then serve."""
+    import asyncio
+    import traceback
+
+    from pycontainerd.shim.reaper import set_subreaper
+
+    code = 1
+    try:
+        os.setsid()
+        set_subreaper()
+        code = asyncio.run(_spare_serve(control))
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+async def _spare_serve(control: socket.socket) -> int:
+    import asyncio
+    import socket
+
+    from pycontainerd.shim.main import redirect_stdio
+    from pycontainerd.shim.reaper import Reaper, wait_fd
+    from pycontainerd.shim.server import serve_activated
+
+    reaper = Reaper()
+    reaper.install(asyncio.get_running_loop())
+    control.setblocking(False)
+    data, fds = b"", []
+    while len(data) < _LEN.size or len(data) < _LEN.size + _LEN.unpack_from(data)[0]:
+        try:
+            chunk, got, _, _ = socket.recv_fds(control, 65536, 1)
+        except BlockingIOError:
+            await wait_fd(control.fileno())
+            continue
+        fds += got
+        if not chunk or len(data) > MAX_REQUEST:
+            return 0  # the zygote is gone (or speaks nonsense): nothing to serve
+        data += chunk
+    request = decode_request(data[_LEN.size :])
+    if len(fds) != 1:
+        return 1
+    os.environ.clear()
+    os.environ.update(request.env)
+    os.chdir(request.cwd)
+    _set_cmdline(request.argv)
+    redirect_stdio(request.flags.bundle or request.cwd)
+    control.setblocking(True)
+    control.sendall(b"ok")
+    control.close()
+    listener = socket.socket(fileno=fds[0])
+    await serve_activated(listener, request.flags, request.address, reaper)
+    return 0
 
 
 def _fork_as(cmdline: list[str], path: str, sock: socket.socket, child: Callable[[], None]) -> int:
@@ -536,15 +686,8 @@ def _start_here(
         env: Mapping[str, str],
     ) -> int:
         server = Request(flags, address, bundle, cmdline, dict(env))
-        listener_fd = listener.fileno()
-
-        def serve() -> None:
-            # The daemon reads the command's output until every copy is closed.
-            for fd in (conn.fileno(), *stdio):
-                os.close(fd)
-            _become_server(listener_fd, server)
-
-        pid = _fork_as(cmdline, path, sock, serve)
+        # The daemon reads the command's output until every copy is closed.
+        pid = _server_for(listener.fileno(), server, path, sock, [conn.fileno(), *stdio])
         children.add(pid)
         return pid
 
