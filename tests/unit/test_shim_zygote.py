@@ -8,7 +8,8 @@ import os
 import select
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,62 @@ def test_zygote_runs_the_start_command(root: Path) -> None:
     assert code == 2 and b"unknown shim command 'bogus'" in err
     os.unlink(path)
     _wait_gone(zpid)
+
+
+def _spare_pids(path: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv[:2] == [zygote.SPARE_CMDLINE.encode(), path.encode()]:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Polls /proc-derived state (no event to wait on for another process's exec)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        select.select([], [], [], 0.02)
+
+
+def test_spare_server_takes_the_next_socket(root: Path) -> None:
+    """The zygote keeps one server forked ahead; a request gets it (same pid, now with
+    the container's command line, serving the socket), and a new spare follows."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    path = zygote.zygote_path(str(root))
+    assert zygote._spawn(path)
+    zpid = _zygote_pid(path)
+    _wait_for(lambda: _spare_pids(path))
+    (spare,) = _spare_pids(path)
+    stat = Path(f"/proc/{spare}/stat").read_text()
+    assert int(stat[stat.rindex(")") + 2 :].split()[1]) == zpid
+    bundle = root / "bundle"
+    bundle.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(bundle / "shim.sock"))
+    listener.listen(8)
+    request = _request(bundle, PATH=os.environ.get("PATH", ""))
+    request.address = f"unix://{bundle}/shim.sock"
+    pid = zygote.fork_server(listener, request, str(root))
+    listener.close()
+    try:
+        assert pid == spare
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert cmdline == [w.encode() for w in request.argv]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(str(bundle / "shim.sock"))
+            conn.sendall(b"\0" * 10)  # a ttrpc frame header of nothing: the server reads it
+        _wait_for(lambda: [p for p in _spare_pids(path) if p != spare])
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    (second,) = _spare_pids(path)
+    os.unlink(path)
+    _wait_gone(zpid)
+    _wait_gone(second)  # the zygote's end of its socket closed: the spare leaves
