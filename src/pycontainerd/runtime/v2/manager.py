@@ -224,9 +224,7 @@ class ShimManager:
             merged = optionsmod.merge(default_options, opts.options)
             opts = dataclasses.replace(opts, task_options=merged)
         try:
-            bundle = await asyncio.to_thread(
-                bundlemod.new_bundle, self.root, self.state, ns, id_, opts.spec
-            )
+            bundle = await asyncio.to_thread(self._new_bundle, ns, id_, opts.spec, shim_path)
         except FileExistsError as exc:
             raise AlreadyExists(f"task {id_}: bundle {exc.filename} exists") from exc
         task: ShimTask | None = None
@@ -241,6 +239,17 @@ class ShimManager:
                 raise type(exc)(f"failed to create shim task: {exc.message}") from exc
             raise
         return task, pid
+
+    def _new_bundle(self, ns: str, id_: str, spec: bytes, shim_path: str) -> Bundle:
+        """The task's bundle, naming the shim binary that will serve it (a restarted
+        daemon runs that binary's ``delete`` if the shim is gone)."""
+        bundle = bundlemod.new_bundle(self.root, self.state, ns, id_, spec)
+        try:
+            bundle.shim_binary_file.write_text(shim_path)
+        except BaseException:
+            bundle.delete()
+            raise
+        return bundle
 
     async def _start_shim(self, bundle: Bundle, shim_path: str, opts: CreateOpts) -> ShimTask:
         binary = self._binary(bundle, shim_path)
@@ -260,12 +269,8 @@ class ShimManager:
             log.close()
             raise
         task = ShimTask(bundle, client, binary, log, self._shim_lost)
-        try:
-            await asyncio.to_thread(bundle.shim_binary_file.write_text, shim_path)
-            await asyncio.to_thread(self._link_for_ctr_shim, bundle, address.path)
-        except BaseException:
-            await task.close()
-            raise
+        # A symlink in a directory that exists: inline, a thread hop costs more.
+        self._link_for_ctr_shim(bundle, address.path)
         return task
 
     def _ctr_shim_link(self, bundle: Bundle) -> Path | None:
@@ -290,6 +295,14 @@ class ShimManager:
         except OSError as exc:
             logger.warning("task %s/%s: no ctr shim link: %s", bundle.namespace, bundle.id, exc)
 
+    def _remove_bundle(self, bundle: Bundle) -> None:
+        """The task's bundle and its ``ctr shim`` link go (in one trip to a thread)."""
+        self._unlink_for_ctr_shim(bundle)
+        try:
+            bundle.delete()
+        except OSError:
+            logger.exception("removing bundle %s", bundle.path)
+
     def _unlink_for_ctr_shim(self, bundle: Bundle) -> None:
         link = self._ctr_shim_link(bundle)
         if link is None:
@@ -306,11 +319,7 @@ class ShimManager:
                         await task.delete_process()
                     await task.shutdown()
                     await task.close()
-        await asyncio.to_thread(self._unlink_for_ctr_shim, bundle)
-        try:
-            await asyncio.to_thread(bundle.delete)
-        except OSError:
-            logger.exception("removing bundle %s", bundle.path)
+        await asyncio.to_thread(self._remove_bundle, bundle)
 
     async def delete(self, id_: str) -> Exit:
         """Delete a stopped task, stop its shim and remove its bundle.
@@ -330,11 +339,7 @@ class ShimManager:
         self._tasks.pop(key, None)
         await task.shutdown()
         await task.close()
-        await asyncio.to_thread(self._unlink_for_ctr_shim, task.bundle)
-        try:
-            await asyncio.to_thread(task.bundle.delete)
-        except OSError:
-            logger.exception("removing bundle %s", task.bundle.path)
+        await asyncio.to_thread(self._remove_bundle, task.bundle)
         if exit_ is None:
             assert shim_error is not None
             raise shim_error
@@ -355,11 +360,7 @@ class ShimManager:
             exit_ = await task.binary.delete()
         except (ContainerdError, OSError, TimeoutError) as exc:
             logger.warning("failed to clean up after shim %s/%s: %s", ns, id_, exc)
-        await asyncio.to_thread(self._unlink_for_ctr_shim, task.bundle)
-        try:
-            await asyncio.to_thread(task.bundle.delete)
-        except OSError:
-            logger.exception("removing bundle %s", task.bundle.path)
+        await asyncio.to_thread(self._remove_bundle, task.bundle)
         if self._tasks.get((ns, id_)) is not task:
             return  # deleted on purpose meanwhile, or never listed
         del self._tasks[(ns, id_)]
