@@ -240,3 +240,36 @@ def test_spare_server_takes_the_next_socket(root: Path) -> None:
     os.unlink(path)
     _wait_gone(zpid)
     _wait_gone(second)  # the zygote's end of its socket closed: the spare leaves
+
+
+def test_a_dead_spare_is_replaced_by_a_fork(root: Path) -> None:
+    """A spare killed while it waits (the OOM killer, say) costs nothing but the fork
+    it would have saved: the request gets a freshly forked server."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    path = zygote.zygote_path(str(root))
+    assert zygote._spawn(path)
+    zpid = _zygote_pid(path)
+    _wait_for(lambda: _spare_pids(path))
+    (spare,) = _spare_pids(path)
+    os.kill(spare, signal.SIGKILL)
+    _wait_for(lambda: spare not in _spare_pids(path))
+    bundle = root / "bundle"
+    bundle.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(bundle / "shim.sock"))
+    listener.listen(8)
+    request = _request(bundle, PATH=os.environ.get("PATH", ""))
+    request.address = f"unix://{bundle}/shim.sock"
+    pid = zygote.fork_server(listener, request, str(root))
+    listener.close()
+    assert pid is not None and pid != spare
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(str(bundle / "shim.sock"))
+            conn.sendall(b"\0" * 10)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    os.unlink(path)
+    _wait_gone(zpid)
