@@ -225,6 +225,7 @@ def test_spare_server_takes_the_next_socket(root: Path) -> None:
     request.address = f"unix://{bundle}/shim.sock"
     pid = zygote.fork_server(listener, request, str(root))
     listener.close()
+    assert pid is not None
     try:
         assert pid == spare
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
