@@ -13,6 +13,11 @@ file, so concurrent starts start one); when that fails it forks the server itsel
 before. The zygote exits after ``IDLE_SECONDS`` without live shims, or at once when its
 socket is removed. ``PYRUNC_SHIM_ZYGOTE=0`` turns it off.
 
+Our daemon sends the ``start`` command line itself (``run_start``); the zygote runs it
+in its own process. The zygote also keeps one server forked ahead of need (``_Spare``):
+it has started its event loop, so the pages that costs are copied before a container
+waits on them, and the next request's socket is handed to it.
+
 This module's top level stays standard-library-light: ``start`` imports it.
 """
 
