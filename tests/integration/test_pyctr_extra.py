@@ -576,6 +576,6 @@ def run_with_tty_stderr(address: Path, *args: str) -> tuple[int, bytes, bytes]:
 
 
 def build_size(data: bytes) -> str:
-    from pycontainerd.cli.ctr_content import human_size
+    from pycontainerd.cli.shared import human_size
 
     return human_size(len(data))

@@ -12,10 +12,17 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import IO, Any
 
 from pycontainerd.cli.ctr_run import parse_labels, table
+from pycontainerd.cli.shared import (
+    add_registry_flags,
+    format_labels,
+    human_size,
+    progress_reporter,
+    registry_options,
+)
 from pycontainerd.client import Client
 from pycontainerd.client.content import ContentInfo, IngestStatus
 from pycontainerd.client.types import Descriptor
@@ -28,16 +35,6 @@ from pycontainerd.remotes.reference import parse_reference
 from pycontainerd.remotes.resolver import RegistrySession
 
 
-def human_size(n: float) -> str:
-    """Sizes as ctr prints them (``progress.Bytes``): ``1.9 MiB``, ``422 B``."""
-    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-    i = 0
-    while n >= 1024 and i < len(units) - 1:
-        n /= 1024
-        i += 1
-    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
-
-
 def human_age(when: datetime.datetime | None) -> str:
     if when is None:
         return "-"
@@ -46,10 +43,6 @@ def human_age(when: datetime.datetime | None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)} {unit}"
     return f"{int(seconds)} seconds"
-
-
-def format_labels(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 
 def _iso(when: datetime.datetime | None) -> str | None:
@@ -153,8 +146,6 @@ def cmd_label(c: Client, args: argparse.Namespace) -> None:
 
 def cmd_fetch(c: Client, args: argparse.Namespace) -> None:
     # Late imports: ctr_images imports this module.
-    from pycontainerd.cli.ctr_images import progress_reporter, registry_options
-
     platforms = [parse_platform(p) for p in args.platform or []]
     with progress_reporter() as progress:
         # As ctr's ``client.Fetch``: every blob of the image for the platforms, under a
@@ -242,8 +233,6 @@ def cmd_edit(c: Client, args: argparse.Namespace) -> None:
 
 
 async def _fetch_object(args: argparse.Namespace, out: IO[bytes]) -> None:
-    from pycontainerd.cli.ctr_images import registry_options
-
     parsed = parse_reference(args.ref)
     async with RegistrySession(parsed, **registry_options(args)) as session:
         desc = await session.resolve()
@@ -259,8 +248,6 @@ def cmd_fetch_object(c: Client, args: argparse.Namespace) -> None:
 
 
 async def _push_object(c: Client, args: argparse.Namespace) -> Descriptor:
-    from pycontainerd.cli.ctr_images import registry_options
-
     parsed = parse_reference(args.ref)
     info = await c.aio.content.info(args.digest)
     desc = Descriptor(args.media_type, args.digest, info.size)
@@ -350,8 +337,6 @@ def add_commands(sub: Any) -> None:
     label.set_defaults(fn=cmd_label)
 
     # Late import: ctr_images imports this module.
-    from pycontainerd.cli.ctr_images import add_registry_flags
-
     fetch_cmd = s.add_parser("fetch", help="fetch all content for an image into containerd")
     add_registry_flags(fetch_cmd)
     fetch_cmd.add_argument("--all-platforms", action="store_true", help="fetch every platform")

@@ -8,8 +8,8 @@ import json
 import re
 from typing import Any
 
-from pycontainerd.cli.ctr_content import format_labels
 from pycontainerd.cli.ctr_run import parse_labels, table
+from pycontainerd.cli.shared import format_labels
 from pycontainerd.client import Client
 from pycontainerd.errdefs import InvalidArgument
 

@@ -14,8 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pycontainerd.cli.ctr_content import human_size
 from pycontainerd.cli.ctr_run import parse_labels, table
+from pycontainerd.cli.shared import human_size
 from pycontainerd.client import Client
 from pycontainerd.client.snapshots import SnapshotsAPI, mounts_to_proto
 from pycontainerd.client.types import Descriptor
