@@ -1,5 +1,8 @@
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,5 +68,45 @@ async def test_persists_and_schema_is_versioned(tmp_path: Path) -> None:
     db = await DB.open(path)
     try:
         assert (await db.view(lambda c: store.get(c, "keep"))).labels == {"a": "b"}
+    finally:
+        await db.aclose()
+
+
+async def test_point_lookups_run_inline_only_while_the_connection_is_free(
+    tmp_path: Path,
+) -> None:
+    """A point view runs on the event loop's thread when nobody holds the connection,
+    and waits its turn on the database thread while an update holds it."""
+    db = await DB.open(tmp_path / "meta.db")
+    try:
+        await db.update(lambda conn: store.create(conn, "a", {}))
+        loop_thread = threading.get_ident()
+        seen: list[int] = []
+
+        def lookup(conn: Any) -> Any:
+            seen.append(threading.get_ident())
+            return store.get(conn, "a")
+
+        assert (await db.view(lookup, point=True)).name == "a"
+        assert seen == [loop_thread]
+        await db.view(lookup)  # not a point lookup: the database thread
+        assert seen[-1] != loop_thread
+
+        entered, release = threading.Event(), threading.Event()
+
+        def slow_update(conn: Any) -> None:
+            entered.set()
+            release.wait(10)
+            store.create(conn, "b", {})
+
+        update = asyncio.ensure_future(db.update(slow_update))
+        await asyncio.to_thread(entered.wait, 10)
+        point = asyncio.ensure_future(db.view(lookup, point=True))
+        await asyncio.sleep(0)
+        assert not point.done()  # queued behind the update, not run beside it
+        release.set()
+        await update
+        assert (await point).name == "a"
+        assert seen[-1] != loop_thread
     finally:
         await db.aclose()

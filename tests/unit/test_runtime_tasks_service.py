@@ -90,7 +90,7 @@ class FakeDB:
         self._looks += 1
         return self._looks
 
-    async def view(self, fn: Callable[[Any], Any]) -> Any:
+    async def view(self, fn: Callable[[Any], Any], *, point: bool = False) -> Any:
         return fn(None)
 
 
@@ -274,6 +274,6 @@ class StillDB:
     def changes(self) -> int:
         return self.count
 
-    async def view(self, fn: Callable[[Any], Any]) -> Any:
+    async def view(self, fn: Callable[[Any], Any], *, point: bool = False) -> Any:
         self.views += 1
         return fn(None)

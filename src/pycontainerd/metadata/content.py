@@ -119,7 +119,7 @@ class ContentStore:
             self._cached_at = changes
         cached = self._info_cache.get((ns, dgst))
         if cached is None:
-            cached = await self.db.view(lambda conn: _get_blob(conn, ns, dgst))
+            cached = await self.db.view(lambda conn: _get_blob(conn, ns, dgst), point=True)
             # A record read while an update ran may be stale: use it, do not keep it.
             if self._changes() == changes:
                 if len(self._info_cache) >= _INFO_CACHE_SIZE:

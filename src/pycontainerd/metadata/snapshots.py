@@ -101,7 +101,7 @@ class NamespacedSnapshotter:
 
     async def stat(self, key: str) -> Info:
         ns = namespaces.required()
-        return (await self.db.view(lambda conn: self._row(conn, ns, key))).info()
+        return (await self.db.view(lambda conn: self._row(conn, ns, key), point=True)).info()
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         ns = namespaces.required()
@@ -139,7 +139,7 @@ class NamespacedSnapshotter:
 
     async def _backend_key(self, key: str) -> str:
         ns = namespaces.required()
-        return (await self.db.view(lambda conn: self._row(conn, ns, key))).backend_key
+        return (await self.db.view(lambda conn: self._row(conn, ns, key), point=True)).backend_key
 
     async def usage(self, key: str) -> Usage:
         return await self.backend.usage(await self._backend_key(key))

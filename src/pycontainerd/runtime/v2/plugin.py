@@ -95,7 +95,7 @@ async def _init(ic: InitContext[RuntimeV2Config]) -> RuntimeV2:
     grpc_address = ic.properties[GRPC_ADDRESS_PROPERTY]
 
     async def container_runtime(ns: str, id_: str) -> str:
-        found = await db.view(lambda conn: containers.get(conn, ns, id_))
+        found = await db.view(lambda conn: containers.get(conn, ns, id_), point=True)
         return found.runtime.name
 
     defaults = _default_runtimes()

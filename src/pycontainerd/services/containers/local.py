@@ -35,7 +35,7 @@ class ContainersLocal:
     async def get(self, id: str) -> Container:
         """Raises NotFound."""
         ns = namespaces.required()
-        return await self._db.view(lambda conn: store.get(conn, ns, id))
+        return await self._db.view(lambda conn: store.get(conn, ns, id), point=True)
 
     async def list(self, filter_strings: Sequence[str]) -> list[Container]:
         """Containers matching any of the filters (all when none are given).

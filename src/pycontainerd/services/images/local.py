@@ -28,7 +28,7 @@ class ImagesLocal:
 
     async def get(self, name: str) -> Image:
         ns = namespaces.required()
-        return await self._db.view(lambda conn: store.get(conn, ns, name))
+        return await self._db.view(lambda conn: store.get(conn, ns, name), point=True)
 
     async def list(self, filter_strings: Sequence[str]) -> list[Image]:
         ns = namespaces.required()

@@ -22,7 +22,7 @@ class NamespacesLocal:
 
     async def get(self, name: str) -> Namespace:
         """Raises NotFound."""
-        return await self._db.view(lambda conn: store.get(conn, name))
+        return await self._db.view(lambda conn: store.get(conn, name), point=True)
 
     async def list(self) -> list[Namespace]:
         return await self._db.view(store.list_all)

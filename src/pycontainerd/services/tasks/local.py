@@ -79,7 +79,7 @@ class TasksLocal:
 
     async def _container(self, id_: str) -> containers.Container:
         ns = namespaces.required()
-        return await self._db.view(lambda conn: containers.get(conn, ns, id_))
+        return await self._db.view(lambda conn: containers.get(conn, ns, id_), point=True)
 
     async def _check_container(self, id_: str) -> None:
         """NotFound unless container ``id_`` exists. A container seen since the last
