@@ -936,6 +936,23 @@ async def test_stop_closes_connections_of_clients_that_do_not_read(sock_dir: str
 # -- 9. Debian's Go ctr -----------------------------------------------------------------
 
 
+async def run_ctr(ctr: str, address: str, *args: str, timeout: float) -> tuple[int, bytes, bytes]:
+    """Debian's Go ctr against ``address``: (exit status, stdout, stderr); killed if it
+    outlives ``timeout``."""
+    proc = await asyncio.create_subprocess_exec(
+        ctr, "--address", address, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await wait_for(proc.communicate(), f"ctr {' '.join(args)}", timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
 async def test_go_ctr_version(sock_dir: str) -> None:
     ctr = shutil.which("ctr") or "/usr/bin/ctr"
     if not os.path.exists(ctr):
@@ -951,41 +968,14 @@ async def test_go_ctr_version(sock_dir: str) -> None:
     )
     handlers = {"/containerd.services.version.v1.Version/Version": handler}
     async with serving(sock_dir, handlers) as served:
-        proc = await asyncio.create_subprocess_exec(
-            ctr,
-            "--address",
-            served.path,
-            "version",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await wait_for(proc.communicate(), "ctr version", 10)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        _, out, err = await run_ctr(ctr, served.path, "version", timeout=10)
         text = out.decode()
         assert "v9.8.7-h2test" in text, (text, err.decode())
         assert "f00dfeed" in text
 
         # A method we do not serve: ctr reports gRPC's UNIMPLEMENTED, the daemon lives on.
-        proc = await asyncio.create_subprocess_exec(
-            ctr,
-            "--address",
-            served.path,
-            "namespaces",
-            "ls",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await wait_for(proc.communicate(), "ctr namespaces ls", 10)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert proc.returncode != 0
+        returncode, out, err = await run_ctr(ctr, served.path, "namespaces", "ls", timeout=10)
+        assert returncode != 0
         assert b"Unimplemented" in err or b"unknown method" in err, err
 
 
@@ -1006,20 +996,7 @@ async def test_go_ctr_events_stream(sock_dir: str) -> None:
     )
     handlers = {"/containerd.services.events.v1.Events/Subscribe": handler}
     async with serving(sock_dir, handlers) as served:
-        proc = await asyncio.create_subprocess_exec(
-            ctr,
-            "--address",
-            served.path,
-            "events",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await wait_for(proc.communicate(), "ctr events", 15)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        _, out, err = await run_ctr(ctr, served.path, "events", timeout=15)
         lines = out.decode().splitlines()
         # ctr prints "<timestamp> <namespace> <topic> <event>" per envelope, then the
         # end of the stream as an error ("ctr: EOF").

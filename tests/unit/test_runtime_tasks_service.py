@@ -79,17 +79,6 @@ class FakeRuntime:
 
 
 class FakeDB:
-    """Containers come and go in CONTAINERS behind its back: its change count moves on
-    every look, so no container check is cached."""
-
-    def __init__(self) -> None:
-        self._looks = 0
-
-    @property
-    def changes(self) -> int:
-        self._looks += 1
-        return self._looks
-
     async def view(self, fn: Callable[[Any], Any], *, point: bool = False) -> Any:
         return fn(None)
 
@@ -241,39 +230,3 @@ async def test_metrics_filters(tasks: tuple[TasksLocal, FakeRuntime]) -> None:
     resp = await local.Metrics(api.MetricsRequest(filters=["id==b"]))
     assert [(m.id, m.data.value) for m in resp.metrics] == [("b", b"b")]
     assert len((await local.Metrics(api.MetricsRequest())).metrics) == 2
-
-
-async def test_container_check_is_cached_until_the_database_changes(
-    tasks: tuple[TasksLocal, FakeRuntime],
-) -> None:
-    """Task calls skip the database while nothing was written since they saw the
-    container, and see its removal once something was."""
-    local, runtime = tasks
-    db = StillDB()
-    local._db = db  # type: ignore[assignment]
-    container("c1")
-    runtime.live["c1"] = FakeTask("c1")
-    await local.Get(api.GetRequest(container_id="c1"))
-    await local.Get(api.GetRequest(container_id="c1"))
-    assert db.views == 1
-    del CONTAINERS[(NS, "c1")]
-    db.count += 1  # the container's removal was a write
-    with pytest.raises(NotFound, match="c1"):
-        await local.Get(api.GetRequest(container_id="c1"))
-    assert db.views == 2
-
-
-class StillDB:
-    """A database whose change count moves only when the test says."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.views = 0
-
-    @property
-    def changes(self) -> int:
-        return self.count
-
-    async def view(self, fn: Callable[[Any], Any], *, point: bool = False) -> Any:
-        self.views += 1
-        return fn(None)

@@ -94,9 +94,9 @@ def root(tmp_path: Path) -> Iterator[Path]:
             _wait_gone(pid)
 
 
-def test_zygote_forks_a_serving_shim(root: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+def _ask_for_server(root: Path) -> tuple[Path, zygote.Request, int | None]:
+    """A bundle with a listening shim socket, handed to the zygote of ``root`` (started
+    if needed): the bundle, the request and the server's pid."""
     bundle = root / "bundle"
     bundle.mkdir()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -104,9 +104,16 @@ def test_zygote_forks_a_serving_shim(root: Path) -> None:
     listener.listen(8)
     request = _request(bundle, PATH=os.environ.get("PATH", ""))
     request.address = f"unix://{bundle}/shim.sock"
+    try:
+        return bundle, request, zygote.fork_server(listener, request, str(root))
+    finally:
+        listener.close()
 
-    pid = zygote.fork_server(listener, request, str(root))
-    listener.close()
+
+def test_zygote_forks_a_serving_shim(root: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    bundle, request, pid = _ask_for_server(root)
     assert pid is not None
     try:
         zpid = _zygote_pid(zygote.zygote_path(str(root)))
@@ -216,15 +223,7 @@ def test_spare_server_takes_the_next_socket(root: Path) -> None:
     (spare,) = _spare_pids(path)
     stat = Path(f"/proc/{spare}/stat").read_text()
     assert int(stat[stat.rindex(")") + 2 :].split()[1]) == zpid
-    bundle = root / "bundle"
-    bundle.mkdir()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(bundle / "shim.sock"))
-    listener.listen(8)
-    request = _request(bundle, PATH=os.environ.get("PATH", ""))
-    request.address = f"unix://{bundle}/shim.sock"
-    pid = zygote.fork_server(listener, request, str(root))
-    listener.close()
+    bundle, request, pid = _ask_for_server(root)
     assert pid is not None
     try:
         assert pid == spare
@@ -255,15 +254,7 @@ def test_a_dead_spare_is_replaced_by_a_fork(root: Path) -> None:
     (spare,) = _spare_pids(path)
     os.kill(spare, signal.SIGKILL)
     _wait_for(lambda: spare not in _spare_pids(path))
-    bundle = root / "bundle"
-    bundle.mkdir()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(bundle / "shim.sock"))
-    listener.listen(8)
-    request = _request(bundle, PATH=os.environ.get("PATH", ""))
-    request.address = f"unix://{bundle}/shim.sock"
-    pid = zygote.fork_server(listener, request, str(root))
-    listener.close()
+    bundle, _, pid = _ask_for_server(root)
     assert pid is not None and pid != spare
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:

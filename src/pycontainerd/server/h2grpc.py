@@ -18,6 +18,7 @@ trailers when nothing was sent. No compression is offered, so none is accepted.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import struct
@@ -262,12 +263,7 @@ class _Call:
     async def send_message(self, data: bytes) -> None:
         if self.finished:
             raise asyncio.CancelledError()
-        limit = self.conn.server.max_send
-        if len(data) > limit:
-            raise _Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"grpc: trying to send message larger than max ({len(data)} vs. {limit})",
-            )
+        self._check_size(data)
         self.send_headers()
         view = memoryview(_PREFIX.pack(0, len(data)) + data)
         while view:
@@ -279,6 +275,14 @@ class _Call:
                 if self.finished:
                     raise asyncio.CancelledError()
         await self.conn.drained()
+
+    def _check_size(self, data: bytes) -> None:
+        limit = self.conn.server.max_send
+        if len(data) > limit:
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"grpc: trying to send message larger than max ({len(data)} vs. {limit})",
+            )
 
     def _finish(self, code: grpc.StatusCode, message: str) -> None:
         if self.finished:
@@ -348,12 +352,7 @@ class _Call:
 
     async def _unary_answer(self, data: bytes) -> None:
         """Headers, the message and trailers in one write when the windows allow."""
-        limit = self.conn.server.max_send
-        if len(data) > limit:
-            raise _Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"grpc: trying to send message larger than max ({len(data)} vs. {limit})",
-            )
+        self._check_size(data)
         h2 = self.conn.h2
         payload = _PREFIX.pack(0, len(data)) + data
         if not self.headers_sent and h2.send_window(self.stream_id) >= len(payload):
@@ -547,8 +546,6 @@ class _Connection(asyncio.Protocol):
 
 def _metadata_field(key: str, value: str | bytes) -> bytes:
     """A custom metadata entry as a header: ``-bin`` values in unpadded base64."""
-    import base64
-
     name = key.lower().encode("ascii")
     if key.endswith("-bin"):
         raw = value if isinstance(value, bytes) else value.encode()
@@ -558,8 +555,6 @@ def _metadata_field(key: str, value: str | bytes) -> bytes:
 
 
 def _binary(value: str) -> bytes:
-    import base64
-
     try:
         return base64.b64decode(value + "=" * (-len(value) % 4))
     except ValueError:

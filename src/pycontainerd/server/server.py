@@ -17,7 +17,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -74,26 +74,11 @@ class _MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         return self.methods.get(handler_call_details.method)
 
     def wrapped_lookup(self) -> Callable[[str], Any]:
-        """Method path to handler, each wrapped once (``wrap_handler``), for our server."""
+        """Method path to handler, each wrapped once (``wrap_handler``), for our server.
+        Every service registers its methods by name (the generic handlers the generated
+        code adds serve the same methods), so the table is complete."""
         wrapped = {path: wrap_handler(h) for path, h in self.methods.items()}
-
-        def lookup(path: str) -> Any:
-            handler = wrapped.get(path)
-            if handler is None and self.generic:
-                details: Any = _CallDetails(path, ())
-                for generic in self.generic:
-                    found = generic.service(details)
-                    if found is not None:
-                        handler = wrapped[path] = wrap_handler(found)
-                        break
-            return handler
-
-        return lookup
-
-
-class _CallDetails(NamedTuple):
-    method: str
-    invocation_metadata: tuple[tuple[str, str], ...]
+        return wrapped.get
 
 
 class StartupError(ContainerdError):

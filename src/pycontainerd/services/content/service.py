@@ -101,8 +101,8 @@ class ContentService(pb_grpc.ContentServicer):
         pb_grpc.add_ContentServicer_to_server(self, cast(Any, table))
         handlers = dict(table.handlers)
         # Read is a server stream, but served as a unary call: the wire is the same
-        # (headers, messages, trailers), and grpc.aio sends a unary call's response and
-        # status in one batch where a stream takes one per message and one for the
+        # (headers, messages, trailers), and a unary answer goes out in one write (one
+        # batch with grpc.aio) where a stream takes one per message and one for the
         # status. Go clients (ctr content get) read in 32 KiB requests, one call each,
         # so this and the hand-encoded response are most of what a call costs us.
         handlers["Read"] = grpc.unary_unary_rpc_method_handler(
