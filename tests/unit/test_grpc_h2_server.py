@@ -739,17 +739,25 @@ async def test_client_cancel_cancels_handler(sock_dir: str) -> None:
         assert_no_leftovers(served)
 
 
-async def test_cancel_while_blocked_on_flow_control(sock_dir: str) -> None:
-    watch = Watch()
+def chunk_writer(watch: Watch, count: int) -> Callable[[bytes, Any], Awaitable[None]]:
+    """A server-streaming handler writing ``count`` chunks; ``watch`` sees it start and
+    be cancelled."""
 
     async def writes(request: bytes, context: Any) -> None:
         watch.started.set()
         try:
-            for i in range(1000):
+            for i in range(count):
                 await context.write(chunk(i))
         except asyncio.CancelledError:
             watch.cancelled.set()
             raise
+
+    return writes
+
+
+async def test_cancel_while_blocked_on_flow_control(sock_dir: str) -> None:
+    watch = Watch()
+    writes = chunk_writer(watch, 1000)
 
     async with serving(sock_dir, {"/t.S/W": us(writes)}) as served, client(served) as ch:
         call = ch.unary_stream("/t.S/W")(b"")
@@ -896,15 +904,7 @@ async def test_stop_with_idle_connections_and_no_calls(sock_dir: str) -> None:
 
 async def test_stop_closes_connections_of_clients_that_do_not_read(sock_dir: str) -> None:
     watch = Watch()
-
-    async def writes(request: bytes, context: Any) -> None:
-        watch.started.set()
-        try:
-            for i in range(2000):
-                await context.write(chunk(i))
-        except asyncio.CancelledError:
-            watch.cancelled.set()
-            raise
+    writes = chunk_writer(watch, 2000)
 
     async with serving(sock_dir, {"/t.S/W": us(writes)}) as served:
         raw = await RawClient.connect(served.path, preface=False)
