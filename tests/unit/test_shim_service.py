@@ -66,6 +66,8 @@ class Harness:
     recorder: Recorder
     bundle: Path
     ctx: RequestContext
+    options: any_pb2.Any
+    left: asyncio.Event  # set when the service asks the shim to exit
 
 
 @pytest.fixture
@@ -80,12 +82,13 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     reaper = Reaper()
     reaper.install(loop)
     recorder = Recorder()
-    service = TaskService("ns", reaper, recorder, lambda: None)
+    left = asyncio.Event()
+    service = TaskService("ns", reaper, recorder, left.set)
     options = typeurl.marshal_any(oci_pb2.Options(binary_name=str(runc), root=str(tmp_path)))
     ctx = RequestContext(metadata={}, deadline=None)
     await service.create(pb.CreateTaskRequest(id="c", bundle=str(bundle), options=options), ctx)
     try:
-        yield Harness(service, recorder, bundle, ctx)
+        yield Harness(service, recorder, bundle, ctx, options, left)
     finally:
         for container in list(service.containers.values()):
             if container.init.pid and not container.init.exited.is_set():
@@ -147,3 +150,41 @@ async def test_exec_exit_status(harness: Harness) -> None:
 async def test_runc_error_message_passes_through(harness: Harness) -> None:
     with pytest.raises(errdefs.Unknown, match="unknown command update"):
         await harness.service.update(pb.UpdateTaskRequest(id="c"), harness.ctx)
+
+
+async def _next_turn() -> None:
+    """Lets callbacks already scheduled with call_soon run (they run in order)."""
+    await asyncio.sleep(0)
+
+
+async def test_pooled_places_are_promised_up_to_the_limit(harness: Harness) -> None:
+    service, ctx = harness.service, harness.ctx
+    assert service.reserve("d", limit=3) and service.reserve("d", limit=3)  # once
+    assert service.reserve("e", limit=3)
+    assert not service.reserve("f", limit=3)  # c, d and e
+    bundle_d = harness.bundle.parent / "d"
+    bundle_d.mkdir()
+    request = pb.CreateTaskRequest(id="d", bundle=str(bundle_d), options=harness.options)
+    await service.create(request, ctx)
+    assert not service.reserve("f", limit=3)  # d took its own place
+    for cid in ("c", "d"):
+        await service.delete(pb.DeleteRequest(id=cid), ctx)
+    await service.shutdown(pb.ShutdownRequest(), ctx)
+    await _next_turn()
+    assert not harness.left.is_set()  # e's Create is still on its way
+
+
+async def test_an_unused_promise_is_given_back_and_the_idle_shim_leaves(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pycontainerd.shim import service as service_module
+
+    monkeypatch.setattr(service_module, "RESERVATION_SECONDS", 0.01)
+    service, ctx = harness.service, harness.ctx
+    assert service.reserve("e", limit=2)
+    await service.delete(pb.DeleteRequest(id="c"), ctx)
+    await service.shutdown(pb.ShutdownRequest(), ctx)
+    await _next_turn()
+    assert not harness.left.is_set()
+    await asyncio.wait_for(harness.left.wait(), 10)  # e never came
+    assert not service.reserve("f", limit=2)  # leaving: no more places

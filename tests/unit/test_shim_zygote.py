@@ -32,10 +32,13 @@ def test_request_round_trip(tmp_path: Path) -> None:
     assert decoded.address == request.address and decoded.cwd == str(tmp_path)
     assert decoded.argv == request.argv and decoded.env == request.env
     assert (decoded.flags.namespace, decoded.flags.id, decoded.flags.debug) == ("ns1", "c1", True)
+    assert decoded.pool == 0
+    request.pool = 8
+    assert zygote.decode_request(zygote.encode_request(request)[4:]).pool == 8
 
 
 def _words(*tail: str) -> bytes:
-    head = ["pyrunc-zygote/1", "unix:///s", "/", "", "n", "a", "", "i", "/b"]
+    head = ["pyrunc-zygote/1", "unix:///s", "/", "", "0", "n", "a", "", "i", "/b"]
     return "\0".join([*head, *tail]).encode()
 
 
@@ -44,7 +47,8 @@ def _words(*tail: str) -> bytes:
     [b"", b"GET / HTTP/1.1", b"pyrunc-zygote/1\0a", b"\xff" * 64,
      _words("99"),  # more argv words announced than sent
      _words("0").replace(b"\0/\0", b"\0rel\0", 1),  # a relative directory
-     _words("0", "NOEQ")],  # an environment entry without '='
+     _words("0", "NOEQ"),  # an environment entry without '='
+     _words("0").replace(b"\0\x000\0", b"\0\0x\0", 1)],  # a pool size that is no number
 )  # fmt: skip
 def test_garbage_requests_are_refused(payload: bytes) -> None:
     with pytest.raises(ValueError):
@@ -105,9 +109,14 @@ def _ask_for_server(root: Path) -> tuple[Path, zygote.Request, int | None]:
     request = _request(bundle, PATH=os.environ.get("PATH", ""))
     request.address = f"unix://{bundle}/shim.sock"
     try:
-        return bundle, request, zygote.fork_server(listener, request, str(root))
+        served = zygote.fork_server(listener, request, str(root))
     finally:
         listener.close()
+    if served is None:
+        return bundle, request, None
+    pid, address = served
+    assert address == request.address  # no pool: its own socket
+    return bundle, request, pid
 
 
 def test_zygote_forks_a_serving_shim(root: Path) -> None:
@@ -130,9 +139,11 @@ def test_zygote_forks_a_serving_shim(root: Path) -> None:
         again.bind(str(bundle / "two.sock"))
         again.listen(8)
         request.address = f"unix://{bundle}/two.sock"
-        pid2 = zygote.fork_server(again, request, str(root))
+        served = zygote.fork_server(again, request, str(root))
         again.close()
-        assert pid2 is not None and pid2 != pid
+        assert served is not None
+        pid2 = served[0]
+        assert pid2 != pid
         assert _zygote_pid(zygote.zygote_path(str(root))) == zpid
         os.kill(pid2, signal.SIGKILL)
     finally:
@@ -263,5 +274,54 @@ def test_a_dead_spare_is_replaced_by_a_fork(root: Path) -> None:
             conn.sendall(b"\0" * 10)
     finally:
         os.kill(pid, signal.SIGKILL)
+    os.unlink(path)
+    _wait_gone(zpid)
+
+
+def test_pooled_containers_share_a_shim_up_to_the_bound(root: Path) -> None:
+    """Ungrouped containers (``pool`` > 1) go to a running pooled shim, at its address,
+    until it serves or has promised ``pool`` places; then a new one starts. A pooled
+    shim that died is forgotten; a grouped container (pool 0) never joins a pool."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    bundle = root / "bundle"
+    bundle.mkdir()
+
+    def ask(cid: str, pool: int) -> tuple[int, str]:
+        path = bundle / f"{cid}.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(8)
+        request = _request(bundle, PATH=os.environ.get("PATH", ""))
+        request.flags.id, request.address, request.pool = cid, f"unix://{path}", pool
+        try:
+            served = zygote.fork_server(listener, request, str(root))
+        finally:
+            listener.close()
+        assert served is not None
+        pids.add(served[0])
+        return served
+
+    pids: set[int] = set()
+    try:
+        first = ask("c0", 3)
+        assert first[1] == f"unix://{bundle}/c0.sock"
+        assert [ask("c1", 3), ask("c2", 3)] == [first, first]
+        second = ask("c3", 3)  # c0's shim has promised its three places
+        assert second[0] != first[0] and second[1] == f"unix://{bundle}/c3.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(first[1].removeprefix("unix://"))  # still serving
+        assert ask("g0", 0)[0] not in (first[0], second[0])
+
+        os.kill(first[0], signal.SIGKILL)
+        _wait_gone(first[0])
+        assert ask("c4", 3) == second
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    path = zygote.zygote_path(str(root))
+    zpid = _zygote_pid(path)
     os.unlink(path)
     _wait_gone(zpid)

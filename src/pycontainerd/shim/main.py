@@ -29,10 +29,18 @@ TYPE_CHECKING = False  # typing itself costs milliseconds to import
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    # spawn(listener, flags, bundle, address, command line, env) -> the server's pid
-    Spawn = Callable[[RawSocket, Flags, str, str, list[str], Mapping[str, str]], int]
+    # spawn(listener, flags, bundle, address, command line, env, pool) -> (the server's
+    # pid, its address): with ``pool`` > 1 the server may be a running one that serves
+    # fewer than ``pool`` containers, at its own address.
+    Spawn = Callable[
+        [RawSocket, Flags, str, str, list[str], Mapping[str, str], int], tuple[int, str]
+    ]
 
 SHIM_VERSION = 2
+# How many ungrouped containers one shim process serves at most (the fork server puts
+# them together); 1 gives every container its own shim, as containerd's runc shim does.
+CONTAINERS_PER_SHIM_ENV = "PYRUNC_SHIM_CONTAINERS"
+CONTAINERS_PER_SHIM = 8
 # Set by the zygote when it runs ``start`` in a child: descriptors a server forked
 # here must close.
 CLOSE_IN_SERVER: list[int] = []
@@ -90,7 +98,10 @@ def start_shim(
     bundle = os.path.abspath(bundle)
     version = env.get("MAX_SHIM_VERSION")
     root = state_root(bundle, version)
-    address = socket_address(flags.address, flags.namespace, group_id(bundle, flags.id), root)
+    group = group_id(bundle, flags.id)
+    address = socket_address(flags.address, flags.namespace, group, root)
+    # A pod's group has its own shim; other containers may share a pooled one.
+    pool = containers_per_shim(env) if group == flags.id else 0
     try:
         listener = _listen(socket_path(address))
     except OSError as exc:
@@ -101,12 +112,20 @@ def start_shim(
             cmdline = list(argv)
             if flags.action in cmdline:
                 del cmdline[len(cmdline) - 1 - cmdline[::-1].index(flags.action)]
-            pid = spawn(listener, flags, bundle, address, cmdline, env)
+            pid, served = spawn(listener, flags, bundle, address, cmdline, env, pool)
         finally:
             listener.close()
+        if served != address:  # a pooled shim takes the container: ours is not needed
+            os.unlink(socket_path(address))
+            address = served
         _write(os.path.join(bundle, "shim.pid"), str(pid))
     _write(os.path.join(bundle, "address"), address)
     return 0, address_output(address, version), ""
+
+
+def containers_per_shim(env: Mapping[str, str]) -> int:
+    value = env.get(CONTAINERS_PER_SHIM_ENV, "")
+    return int(value) if value.isdigit() else CONTAINERS_PER_SHIM
 
 
 def _fork_server(
@@ -116,19 +135,22 @@ def _fork_server(
     address: str,
     cmdline: list[str],
     env: Mapping[str, str],
-) -> int:
-    """The server's pid: forked by the warm zygote when there is one, else by us."""
+    pool: int,
+) -> tuple[int, str]:
+    """The server's pid and address: from the warm zygote when there is one (which may
+    place the container in a pooled shim), else forked by us."""
     from pycontainerd.shim import zygote
 
     if zygote.enabled():
-        request = zygote.Request(flags, address, bundle, cmdline, dict(env))
-        pid = zygote.fork_server(listener, request, state_root(bundle, env.get("MAX_SHIM_VERSION")))
-        if pid is not None:
-            return pid
+        request = zygote.Request(flags, address, bundle, cmdline, dict(env), pool=pool)
+        root = state_root(bundle, env.get("MAX_SHIM_VERSION"))
+        served = zygote.fork_server(listener, request, root)
+        if served is not None:
+            return served
     pid = os.fork()
     if pid == 0:
         become_server(listener.fileno(), flags, bundle, address)  # never returns
-    return pid
+    return pid, address
 
 
 def _write(path: str, text: str) -> None:
@@ -187,9 +209,12 @@ def _alive(path: str) -> bool:
     return True
 
 
-def become_server(listener_fd: int, flags: Flags, bundle: str, address: str) -> None:
+def become_server(
+    listener_fd: int, flags: Flags, bundle: str, address: str, pool_fd: int | None = None
+) -> None:
     """The forked child: new session, stdio off containerd's pipes, then serve on the
-    listening socket ``listener_fd``."""
+    listening socket ``listener_fd`` (and the fork server's pool requests on
+    ``pool_fd``)."""
     code = 1
     try:
         for fd in CLOSE_IN_SERVER:
@@ -197,6 +222,7 @@ def become_server(listener_fd: int, flags: Flags, bundle: str, address: str) -> 
         import socket
 
         listener = socket.socket(fileno=listener_fd)
+        pool_channel = None if pool_fd is None else socket.socket(fileno=pool_fd)
         os.setsid()
         redirect_stdio(bundle)
         # asyncio imports ssl only if it can; the shim speaks ttrpc over unix sockets,
@@ -205,7 +231,7 @@ def become_server(listener_fd: int, flags: Flags, bundle: str, address: str) -> 
             sys.modules["ssl"] = None  # type: ignore[assignment]
         from pycontainerd.shim.server import serve
 
-        code = serve(listener, flags, address)
+        code = serve(listener, flags, address, pool_channel)
     except BaseException:
         import traceback
 

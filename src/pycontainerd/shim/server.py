@@ -14,18 +14,30 @@ from pycontainerd.shim.reaper import Reaper, set_subreaper
 from pycontainerd.shim.service import TaskService
 from pycontainerd.ttrpc import Server
 
+MAX_POOL_LINE = 4096
 
-def serve(listener: socket.socket, flags: Flags, address: str) -> int:
+
+def serve(
+    listener: socket.socket, flags: Flags, address: str, pool_channel: socket.socket | None
+) -> int:
     """Serves until Shutdown with no containers left; returns the exit code."""
     set_subreaper()
-    asyncio.run(serve_activated(listener, flags, address))
+    asyncio.run(serve_activated(listener, flags, address, pool_channel))
     return 0
 
 
 async def serve_activated(
-    listener: socket.socket, flags: Flags, address: str, reaper: Reaper | None = None
+    listener: socket.socket,
+    flags: Flags,
+    address: str,
+    pool_channel: socket.socket | None,
+    reaper: Reaper | None = None,
 ) -> None:
-    """Serves in the running loop (a spare's, which installed ``reaper`` already)."""
+    """Serves in the running loop (a spare's, which installed ``reaper`` already).
+
+    With ``pool_channel`` (from the fork server) this shim is pooled: it serves other
+    containers than the one it was started for, when the fork server places them
+    here (``serve_pool_channel``)."""
     logging.basicConfig(
         level=logging.DEBUG if flags.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s shim %(name)s: %(message)s",
@@ -33,13 +45,18 @@ async def serve_activated(
     # The daemon's systemd notify socket would make runc wait for the container's READY.
     os.environ.pop("NOTIFY_SOCKET", None)
     try:
-        await _serve(listener, flags, reaper)
+        await _serve(listener, flags, pool_channel, reaper)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(socket_path(address))
 
 
-async def _serve(listener: socket.socket, flags: Flags, reaper: Reaper | None) -> None:
+async def _serve(
+    listener: socket.socket,
+    flags: Flags,
+    pool_channel: socket.socket | None,
+    reaper: Reaper | None,
+) -> None:
     if reaper is None:
         reaper = Reaper()
         reaper.install(asyncio.get_running_loop())
@@ -51,6 +68,35 @@ async def _serve(listener: socket.socket, flags: Flags, reaper: Reaper | None) -
     server = Server()
     service.register(server)
     await server.serve_socket(listener)
+    pool_task = None
+    if pool_channel is not None:
+        service.reserve(flags.id, limit=1)  # the container we were started for
+        pool_task = asyncio.create_task(serve_pool_channel(pool_channel, service))
     await done.wait()
+    if pool_task is not None:
+        pool_task.cancel()
     await publisher.close()
     await server.close(grace=1.0)
+
+
+async def serve_pool_channel(channel: socket.socket, service: TaskService) -> None:
+    """Answers the fork server's ``reserve <id> <limit>`` lines with ``ok`` or ``full``
+    until it hangs up (this shim then takes no more containers)."""
+    loop = asyncio.get_running_loop()
+    channel.setblocking(False)
+    pending = b""
+    with channel:
+        while chunk := await loop.sock_recv(channel, 4096):
+            pending += chunk
+            if len(pending) > MAX_POOL_LINE:
+                return
+            while b"\n" in pending:
+                line, _, pending = pending.partition(b"\n")
+                words = line.decode(errors="replace").split(" ")
+                taken = (
+                    len(words) == 3
+                    and words[0] == "reserve"
+                    and words[2].isdigit()
+                    and service.reserve(words[1], int(words[2]))
+                )
+                await loop.sock_sendall(channel, b"ok\n" if taken else b"full\n")

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 SERVICE = "containerd.task.v2.Task"
 RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
 _DELETE_EXIT_WAIT = 2.0
+# A place promised to a container whose Create never comes is given back after this.
+RESERVATION_SECONDS = 60.0
 _CONSOLE_DRAIN = 2.0
 
 
@@ -90,6 +92,9 @@ class TaskService:
         self.containers: dict[str, Container] = {}
         self._on_empty = on_empty
         self._watchers: set[asyncio.Task[None]] = set()
+        # Containers the fork server placed here whose Create has not come yet.
+        self._reserved: dict[str, asyncio.TimerHandle] = {}
+        self._leaving = False
 
     def register(self, server: Server) -> None:
         methods = {
@@ -113,6 +118,32 @@ class TaskService:
         }
         server.register(SERVICE, methods)  # type: ignore[arg-type]
 
+    def reserve(self, container_id: str, limit: int) -> bool:
+        """Promises a place to ``container_id``, whose Create is on its way: False when
+        ``limit`` containers are served or promised, or this shim is leaving."""
+        if self._leaving:
+            return False
+        if container_id in self.containers or container_id in self._reserved:
+            return True
+        if len(self.containers) + len(self._reserved) >= limit:
+            return False
+        loop = asyncio.get_running_loop()
+        self._reserved[container_id] = loop.call_later(
+            RESERVATION_SECONDS, self._give_back, container_id
+        )
+        return True
+
+    def _give_back(self, container_id: str) -> None:
+        self._reserved.pop(container_id, None)
+        self._leave_if_idle()
+
+    def _leave_if_idle(self) -> None:
+        if self.containers or self._reserved or self._leaving:
+            return
+        self._leaving = True
+        # After the current answer is sent: its caller must see it before we go.
+        asyncio.get_running_loop().call_soon(self._on_empty)
+
     def _container(self, container_id: str) -> Container:
         try:
             return self.containers[container_id]
@@ -130,6 +161,9 @@ class TaskService:
     async def create(self, req: pb.CreateTaskRequest, ctx: RequestContext) -> pb.CreateTaskResponse:
         if req.id in self.containers:
             raise errdefs.AlreadyExists(f"container {req.id} already exists")
+        promised = self._reserved.pop(req.id, None)
+        if promised is not None:
+            promised.cancel()
         if req.checkpoint or req.parent_checkpoint:
             raise errdefs.NotImplemented_("restoring from a checkpoint is not supported")
         ns = self._ns(ctx)
@@ -476,9 +510,7 @@ class TaskService:
         return empty_pb2.Empty()
 
     async def shutdown(self, req: pb.ShutdownRequest, ctx: RequestContext) -> empty_pb2.Empty:
-        if not self.containers:
-            # After the answer is sent: the caller must see it before we go.
-            asyncio.get_running_loop().call_soon(self._on_empty)
+        self._leave_if_idle()
         return empty_pb2.Empty()
 
 

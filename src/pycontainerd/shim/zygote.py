@@ -64,9 +64,10 @@ _LEN = struct.Struct("!I")
 class Request:
     """What a forked server needs from the ``start`` that asked for it; or, with
     ``run`` set, a shim command line for a forked child to run (``flags`` and
-    ``address`` unused)."""
+    ``address`` unused). ``pool`` > 1: the container may share a shim that serves
+    fewer than ``pool`` containers."""
 
-    __slots__ = ("address", "argv", "cwd", "env", "flags", "run")
+    __slots__ = ("address", "argv", "cwd", "env", "flags", "pool", "run")
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class Request:
         argv: list[str],
         env: dict[str, str],
         run: bool = False,
+        pool: int = 0,
     ) -> None:
         self.flags = flags
         self.address = address
@@ -83,6 +85,10 @@ class Request:
         self.argv = argv
         self.env = env
         self.run = run
+        self.pool = pool
+
+
+_HEAD_WORDS = 5  # magic, address, cwd, debug, pool
 
 
 def encode_request(request: Request) -> bytes:
@@ -91,6 +97,7 @@ def encode_request(request: Request) -> bytes:
     flags = request.flags
     magic = MAGIC_RUN if request.run else MAGIC
     words = [magic.decode(), request.address, request.cwd, "1" if flags.debug else ""]
+    words.append(str(request.pool))
     words += [getattr(flags, name) for name in _FLAG_FIELDS]
     words += [str(len(request.argv)), *request.argv]
     words += [f"{key}={value}" for key, value in request.env.items()]
@@ -102,11 +109,15 @@ def decode_request(payload: bytes) -> Request:
     """Raises ValueError on anything but a well-formed request."""
     words = payload.decode("utf-8", "surrogateescape").split("\0")
     run = words[0] == MAGIC_RUN.decode()
-    if len(words) < 4 + len(_FLAG_FIELDS) + 1 or not (run or words[0] == MAGIC.decode()):
+    if len(words) < _HEAD_WORDS + len(_FLAG_FIELDS) + 1 or not (
+        run or words[0] == MAGIC.decode()
+    ):
         raise ValueError("not a zygote request")
-    address, cwd, debug = words[1:4]
-    flag_values = words[4 : 4 + len(_FLAG_FIELDS)]
-    rest = words[4 + len(_FLAG_FIELDS) :]
+    address, cwd, debug, pool = words[1:_HEAD_WORDS]
+    if not pool.isdigit():
+        raise ValueError("bad pool size")
+    flag_values = words[_HEAD_WORDS : _HEAD_WORDS + len(_FLAG_FIELDS)]
+    rest = words[_HEAD_WORDS + len(_FLAG_FIELDS) :]
     if not rest[0].isdigit() or int(rest[0]) > len(rest) - 1:
         raise ValueError("bad argv count")
     argc = int(rest[0])
@@ -122,7 +133,7 @@ def decode_request(payload: bytes) -> Request:
         raise ValueError("request needs an address and an absolute directory")
     if run and not argv:
         raise ValueError("nothing to run")
-    return Request(flags, address, cwd, argv, env, run)
+    return Request(flags, address, cwd, argv, env, run, int(pool))
 
 
 # -- the ``start`` side -------------------------------------------------------------
@@ -158,9 +169,10 @@ def _code_stamp() -> str:
     return "\n".join(parts)
 
 
-def fork_server(listener: RawSocket, request: Request, root: str) -> int | None:
-    """Asks the zygote of ``root`` (starting it if needed) to serve ``listener``;
-    the server's pid, or None when no zygote can do it."""
+def fork_server(listener: RawSocket, request: Request, root: str) -> tuple[int, str] | None:
+    """Asks the zygote of ``root`` (starting it if needed) to serve ``listener``: the
+    server's pid and address (a pooled shim's, see ``Request.pool``), or None when no
+    zygote can do it."""
     path = zygote_path(root)
     try:
         return _ask(path, listener, request)
@@ -189,7 +201,7 @@ def fork_server(listener: RawSocket, request: Request, root: str) -> int | None:
         os.close(lock)
 
 
-def _ask(path: str, listener: RawSocket, request: Request) -> int:
+def _ask(path: str, listener: RawSocket, request: Request) -> tuple[int, str]:
     conn = RawSocket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
     try:
         conn.settimeout(REQUEST_TIMEOUT)
@@ -206,8 +218,9 @@ def _ask(path: str, listener: RawSocket, request: Request) -> int:
     finally:
         conn.close()
     status, _, detail = reply.decode(errors="replace").partition(" ")
-    if status == "ok" and detail.isdigit():
-        return int(detail)
+    pid, _, address = detail.partition(" ")
+    if status == "ok" and pid.isdigit() and address:
+        return int(pid), address
     raise OSError(errno.EPROTO, f"zygote refused: {detail or reply!r}")
 
 
@@ -402,6 +415,7 @@ def serve_zygote(path: str, ready_fd: int) -> int:
         if _spare is not None:
             _spare.close()
             _spare = None
+        _pools.close()
     os.unlink(path)
     return 0
 
@@ -446,6 +460,7 @@ def _reap(children: set[int]) -> bool:
             return reaped
         if pid == 0:
             return reaped
+        _pools.forget(pid)
         if pid in children:
             children.discard(pid)
             reaped = True
@@ -482,9 +497,9 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
             return
         if len(fds) != 1:
             raise ValueError("request carries no listening socket")
-        pid = _server_for(fds[0], request, path, sock, [conn.fileno()])
+        pid, address = _server_for(fds[0], request, path, sock, [conn.fileno()])
         children.add(pid)
-        conn.sendall(b"ok %d" % pid)
+        conn.sendall(f"ok {pid} {address}".encode())
     except (OSError, ValueError) as exc:
         import contextlib
 
@@ -497,20 +512,109 @@ def _handle(conn: socket.socket, sock: socket.socket, path: str, children: set[i
 
 def _server_for(
     listener_fd: int, request: Request, path: str, sock: socket.socket, close_in_child: list[int]
-) -> int:
-    """The pid of a server for ``request`` on ``listener_fd``: the waiting spare when it
-    takes it, else a child forked now (which closes ``close_in_child`` first)."""
+) -> tuple[int, str]:
+    """The pid and address of a server for ``request``: a pooled one with room, or on
+    ``listener_fd`` the waiting spare when it takes it, else a child forked now (which
+    closes ``close_in_child`` first)."""
     global _spare
+    if request.pool > 1:
+        placed = _pools.place(request)
+        if placed is not None:
+            return placed
     spare, _spare = _spare, None
     if spare is not None and spare.activate(listener_fd, request):
-        return spare.pid
+        _pools.add(request, spare.pid, spare.control)
+        return spare.pid, request.address
+    import socket
+
+    ours = theirs = None
+    if request.pool > 1:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
 
     def serve() -> None:
         for fd in close_in_child:
             os.close(fd)
-        _become_server(listener_fd, request)
+        if ours is not None:
+            ours.close()
+        _become_server(listener_fd, request, None if theirs is None else theirs.detach())
 
-    return _fork_as(request.argv, path, sock, serve)
+    try:
+        pid = _fork_as(request.argv, path, sock, serve)
+    finally:
+        if theirs is not None:
+            theirs.close()
+    if ours is not None:
+        _pools.add(request, pid, ours)
+    return pid, request.address
+
+
+class _Pools:
+    """Shims that serve ungrouped containers, by what they must have in common: each
+    is asked over its socket pair (``server.serve_pool_channel``) to promise a place."""
+
+    ANSWER_TIMEOUT = 1.0
+
+    def __init__(self) -> None:
+        self._shims: dict[tuple[str, ...], list[tuple[int, socket.socket, str]]] = {}
+
+    @staticmethod
+    def _key(request: Request) -> tuple[str, ...]:
+        flags = request.flags
+        return (
+            flags.namespace,
+            flags.address,
+            flags.publish_binary,
+            "debug" if flags.debug else "",
+            request.env.get("TTRPC_ADDRESS", ""),
+            request.env.get("MAX_SHIM_VERSION", ""),
+        )
+
+    def add(self, request: Request, pid: int, channel: socket.socket | None) -> None:
+        if request.pool > 1 and channel is not None:
+            self._shims.setdefault(self._key(request), []).append(
+                (pid, channel, request.address)
+            )
+        elif channel is not None:
+            channel.close()
+
+    def place(self, request: Request) -> tuple[int, str] | None:
+        """A pooled shim that promised ``request``'s container a place: (pid, address)."""
+        shims = self._shims.get(self._key(request), [])
+        line = f"reserve {request.flags.id} {request.pool}\n".encode()
+        for shim in list(shims):
+            pid, channel, address = shim
+            try:
+                channel.settimeout(self.ANSWER_TIMEOUT)
+                channel.sendall(line)
+                answer = b""
+                while not answer.endswith(b"\n") and len(answer) < 16:
+                    chunk = channel.recv(16)
+                    if not chunk:
+                        break
+                    answer += chunk
+            except OSError:
+                answer = b""
+            if answer == b"ok\n":
+                return pid, address
+            if answer != b"full\n":  # gone, or too slow to keep in step with
+                shims.remove(shim)
+                channel.close()
+        return None
+
+    def forget(self, pid: int) -> None:
+        for shims in self._shims.values():
+            for shim in [s for s in shims if s[0] == pid]:
+                shims.remove(shim)
+                shim[1].close()
+
+    def close(self) -> None:
+        for shims in self._shims.values():
+            for _, channel, _ in shims:
+                channel.close()
+        self._shims.clear()
+
+
+_pools = _Pools()
 
 
 class _Spare:
@@ -544,6 +648,7 @@ class _Spare:
                 _set_cmdline([SPARE_CMDLINE, path])
                 sock.close()
                 ours.close()
+                _pools.close()
                 _spare_main(theirs)
             finally:
                 os._exit(1)
@@ -552,7 +657,8 @@ class _Spare:
         return cls(pid, ours)
 
     def activate(self, listener_fd: int, request: Request) -> bool:
-        """Hands over the socket and request; True once the spare has taken them."""
+        """Hands over the socket and request; True once the spare has taken them (the
+        socket pair then stays open: it becomes a pooled shim's channel)."""
         import socket
 
         try:
@@ -564,9 +670,8 @@ class _Spare:
             taken = self.control.recv(16) == b"ok"
         except OSError:
             taken = False
-        finally:
-            self.control.close()
         if not taken:
+            self.control.close()
             import contextlib
             import signal
 
@@ -632,9 +737,11 @@ async def _spare_serve(control: socket.socket) -> int:
     redirect_stdio(request.flags.bundle or request.cwd)
     control.setblocking(True)
     control.sendall(b"ok")
-    control.close()
+    if request.pool <= 1:
+        control.close()
     listener = socket.socket(fileno=fds[0])
-    await serve_activated(listener, request.flags, request.address, reaper)
+    channel = control if request.pool > 1 else None
+    await serve_activated(listener, request.flags, request.address, channel, reaper)
     return 0
 
 
@@ -648,6 +755,7 @@ def _fork_as(cmdline: list[str], path: str, sock: socket.socket, child: Callable
         if pid == 0:
             try:
                 sock.close()
+                _pools.close()  # the zygote's ends: a pooled shim must see it hang up
                 child()
             finally:
                 os._exit(1)
@@ -689,12 +797,13 @@ def _start_here(
         address: str,
         cmdline: list[str],
         env: Mapping[str, str],
-    ) -> int:
-        server = Request(flags, address, bundle, cmdline, dict(env))
+        pool: int,
+    ) -> tuple[int, str]:
+        server = Request(flags, address, bundle, cmdline, dict(env), pool=pool)
         # The daemon reads the command's output until every copy is closed.
-        pid = _server_for(listener.fileno(), server, path, sock, [conn.fileno(), *stdio])
+        pid, served = _server_for(listener.fileno(), server, path, sock, [conn.fileno(), *stdio])
         children.add(pid)
-        return pid
+        return pid, served
 
     try:
         code, out, err = shim_main.start_shim(flags, request.argv, request.env, request.cwd, spawn)
@@ -744,7 +853,7 @@ def _run_command(request: Request, stdio: list[int], conn: socket.socket) -> Non
             os._exit(0)
 
 
-def _become_server(listener_fd: int, request: Request) -> None:
+def _become_server(listener_fd: int, request: Request, pool_fd: int | None) -> None:
     from pycontainerd.shim.main import become_server
 
     try:
@@ -754,7 +863,7 @@ def _become_server(listener_fd: int, request: Request) -> None:
     except BaseException:
         os._exit(1)
     bundle = request.flags.bundle or request.cwd
-    become_server(listener_fd, request.flags, bundle, request.address)
+    become_server(listener_fd, request.flags, bundle, request.address, pool_fd)
 
 
 def _set_cmdline(argv: list[str]) -> None:
