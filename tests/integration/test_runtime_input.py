@@ -216,14 +216,66 @@ def test_shim_group_shares_one_process(env: Env) -> None:
         _assert_nothing_left(env, cid)
 
 
-def test_ungrouped_containers_get_their_own_shims(env: Env) -> None:
-    ids = [run_detached(env, "sleep", "1000") for _ in range(2)]
-    pids = {int(env.bundle(c).joinpath("shim.pid").read_text()) for c in ids}
-    assert len(pids) == 2
-    for cid in ids:
-        _kill_and_delete(env, cid)
-    for pid in pids:
-        _wait_gone(pid)
+@contextlib.contextmanager
+def _pooling_daemon(containers_per_shim: int) -> Iterator[Env]:
+    base = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    extra = f'[plugins."io.containerd.runtime.v2.task"]\ncontainers_per_shim = {containers_per_shim}\n'
+    try:
+        with _daemon(base, extra) as e:
+            yield e
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _shim_pid(env: Env, cid: str) -> int:
+    return int(env.bundle(cid).joinpath("shim.pid").read_text())
+
+
+def test_ungrouped_containers_share_pooled_shims_up_to_the_bound() -> None:
+    """Without a group, containers share a shim process up to ``containers_per_shim``;
+    a shim killed with -9 takes exactly its own containers down, each cleaned up."""
+    with _pooling_daemon(2) as env:
+        first, second, third = (run_detached(env, "sleep", "1000") for _ in range(3))
+        pooled = _shim_pid(env, first)
+        assert _shim_pid(env, second) == pooled and _shim_pid(env, third) != pooled
+        address = env.bundle(first).joinpath("address").read_text()
+        assert env.bundle(second).joinpath("address").read_text() == address
+
+        _kill_and_delete(env, first)  # its place is free; the shim serves second
+        assert _alive(pooled)
+        res = env("task", "exec", "--exec-id", "e1", "--fifo-dir", str(env.fifo_dir), second,
+                  "echo", "still served")  # fmt: skip
+        assert res.stdout == "still served\n"
+        fourth = run_detached(env, "sleep", "1000")
+        assert _shim_pid(env, fourth) == pooled
+        for cid in (second, fourth):
+            assert _ctr_shim_state(env, cid)["id"] == cid
+
+        with events(env) as ev:
+            os.kill(pooled, signal.SIGKILL)
+            for cid in (second, fourth):
+                ev.wait_for("/tasks/delete", cid)
+        _wait_gone(pooled)
+        tasks = env.tasks()
+        assert tasks[third][1] == "RUNNING"  # another shim's: untouched
+        for cid in (second, fourth):
+            assert cid not in tasks and not env.bundle(cid).exists()
+        other = _shim_pid(env, third)
+        _kill_and_delete(env, third)
+        _wait_gone(other)
+        for cid in (first, second, third, fourth):
+            _assert_nothing_left(env, cid)
+
+
+def test_one_container_per_shim_when_configured() -> None:
+    with _pooling_daemon(1) as env:
+        ids = [run_detached(env, "sleep", "1000") for _ in range(2)]
+        pids = {_shim_pid(env, c) for c in ids}
+        assert len(pids) == 2
+        for cid in ids:
+            _kill_and_delete(env, cid)
+        for pid in pids:
+            _wait_gone(pid)
 
 
 # -- bad input ---------------------------------------------------------------------

@@ -128,6 +128,7 @@ class ShimBinary:
     ttrpc_address: str
     publish_binary: str
     debug: bool = False
+    extra_env: tuple[tuple[str, str], ...] = ()  # set for the shim by configuration
 
     def command(self, args: Sequence[str]) -> list[str]:
         return [
@@ -150,6 +151,7 @@ class ShimBinary:
             NAMESPACE=self.namespace,
             GOMAXPROCS=env.get("GOMAXPROCS", "2"),
         )
+        env.update(self.extra_env)
         return env
 
     async def _run(

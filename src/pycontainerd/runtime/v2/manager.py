@@ -98,6 +98,7 @@ class ShimManager:
         container_runtime: ContainerRuntime | None = None,
         debug: bool = False,
         ctr_shim_dir: Path | None = None,
+        shim_env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
         self.state = state
@@ -109,6 +110,7 @@ class ShimManager:
         self._runtime_options = dict(runtime_options or {})
         self._container_runtime = container_runtime
         self._debug = debug
+        self._shim_env = tuple((shim_env or {}).items())
         self._ctr_shim_dir = ctr_shim_dir  # None: no links (tests, other layouts)
         self._tasks: dict[tuple[str, str], ShimTask] = {}
         self._reserved: set[tuple[str, str]] = set()
@@ -168,6 +170,7 @@ class ShimManager:
             ttrpc_address=self._ttrpc_address,
             publish_binary=self._publish_binary,
             debug=self._debug,
+            extra_env=self._shim_env,
         )
 
     # -- tasks -----------------------------------------------------------------------

@@ -5,6 +5,10 @@ Configuration (``config.toml``)::
 
     [plugins."io.containerd.runtime.v2.task"]
       platforms = ["linux/amd64"]
+      # How many containers without a pod group one Python shim process serves (each
+      # Python shim costs about 5 MiB): 1 gives each its own shim, as containerd does,
+      # so that killing a shim stops one container; 0 keeps the shim's default (8).
+      containers_per_shim = 0
       # Which shim binary runs a runtime name. A name not listed here resolves as in
       # containerd: io.containerd.X.vN -> containerd-shim-X-vN, looked up beside our
       # own console scripts, then on PATH. A binary given by name is looked up the
@@ -35,6 +39,7 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
+from pycontainerd.errdefs import InvalidArgument
 from pycontainerd.events.exchange import Exchange
 from pycontainerd.metadata import containers
 from pycontainerd.metadata.plugin import Metadata
@@ -43,6 +48,7 @@ from pycontainerd.plugin.registry import Platform
 from pycontainerd.runtime.v2.events_server import EventsServer, ttrpc_address
 from pycontainerd.runtime.v2.manager import CTR_SHIM_SOCKET_DIR, ShimManager, find_executable
 from pycontainerd.runtime.v2.options import runc_options
+from pycontainerd.shim.main import CONTAINERS_PER_SHIM_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ class RuntimeV2Config:
     platforms: list[str] = dataclasses.field(default_factory=lambda: ["linux/amd64"])
     sched_core: bool = False
     runtimes: dict[str, RuntimeBinary] = dataclasses.field(default_factory=_default_runtimes)
+    containers_per_shim: int = 0
 
 
 class RuntimeV2:
@@ -109,6 +116,15 @@ async def _init(ic: InitContext[RuntimeV2Config]) -> RuntimeV2:
             where = f'plugins."io.containerd.runtime.v2.task".runtimes."{name}".options'
             options[name] = runc_options(r.options, where)
 
+    if ic.config.containers_per_shim < 0:
+        raise InvalidArgument(
+            f"containers_per_shim {ic.config.containers_per_shim}: must be 0 (the shim's "
+            "default) or more"
+        )
+    shim_env = {}
+    if ic.config.containers_per_shim:
+        shim_env[CONTAINERS_PER_SHIM_ENV] = str(ic.config.containers_per_shim)
+
     for d in (ic.root, ic.state):
         d.mkdir(parents=True, exist_ok=True, mode=0o711)
     events_server = EventsServer(exchange, Path(ttrpc_address(grpc_address)))
@@ -125,6 +141,7 @@ async def _init(ic: InitContext[RuntimeV2Config]) -> RuntimeV2:
         container_runtime=container_runtime,
         debug=logging.getLogger().isEnabledFor(logging.DEBUG),
         ctr_shim_dir=CTR_SHIM_SOCKET_DIR,
+        shim_env=shim_env,
     )
     try:
         await manager.load_existing()
