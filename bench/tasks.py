@@ -9,7 +9,9 @@ busybox-static image (``pycontainerd.images.build``) imported once per daemon in
 - exec latency: ``ctr task exec`` of ``/bin/true`` in one long-running container;
 - 50 detached: ``ctr run -d --null-io`` of ``sleep`` fifty times, one after another;
 - memory: the same fifty, then the daemon's RSS growth plus the PSS (from
-  ``/proc/<pid>/smaps_rollup``) of the shims and of our shims' fork server, divided by fifty.
+  ``/proc/<pid>/smaps_rollup``) of the daemon's shims (each task's init is a shim's
+  child; ours pool up to eight containers per shim by default) and of our shims' fork
+  server, divided by fifty.
 
 The reference containerd runs in a private mount namespace with a tmpfs over
 /run/containerd, so FIFOs for exec go to a directory under /tmp that both see.
@@ -202,20 +204,33 @@ def _command_lines() -> Iterator[tuple[int, list[bytes]]]:
                 yield int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")
 
 
-def shim_pids(address: Path, ids: Iterable[str]) -> dict[str, list[int]]:
-    """Shim processes of the daemon at ``address`` (their argv names it after -address)
-    serving the containers ``ids``, by container id."""
-    wanted = {cid.encode(): cid for cid in ids}
-    found: dict[str, list[int]] = {}
+def shim_pids(address: Path) -> list[int]:
+    """Shim processes of the daemon at ``address`` (their argv names it after -address).
+    Ours may each serve several containers (pooled shims), so they are not told apart
+    by the container id in their argv."""
+    found = []
     for pid, argv in _command_lines():
         if b"-address" not in argv or b"-id" not in argv:
             continue
         i = argv.index(b"-address")
-        if i + 1 >= len(argv) or argv[i + 1] != str(address).encode():
-            continue
-        cid = argv[argv.index(b"-id") + 1] if argv.index(b"-id") + 1 < len(argv) else b""
-        if cid in wanted:
-            found.setdefault(wanted[cid], []).append(pid)
+        if i + 1 < len(argv) and argv[i + 1] == str(address).encode():
+            found.append(pid)
+    return found
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def task_pids(t: Target, ids: Iterable[str]) -> dict[str, int]:
+    """The init pid of each of the tasks ``ids`` that runs (``ctr task ls``)."""
+    wanted = set(ids)
+    found = {}
+    for line in ctr(t, "task", "ls").splitlines()[1:]:
+        words = line.split()
+        if len(words) >= 3 and words[0] in wanted and words[2] == "RUNNING":
+            found[words[0]] = int(words[1])
     return found
 
 
@@ -286,10 +301,11 @@ class Detached:
 
     def _sample(self, t: Target, rnd: int) -> None:
         growth = _status_kib(t.daemon.proc.pid, "VmRSS") - self._baseline_kib[t.name]
-        by_id = shim_pids(t.daemon.address, self.ids(rnd))
-        pids = sorted({pid for group in by_id.values() for pid in group})
-        if len(by_id) != DETACHED:
-            raise RuntimeError(f"{t.name}: shims for {len(by_id)} of {DETACHED} containers")
+        pids = shim_pids(t.daemon.address)
+        tasks = task_pids(t, self.ids(rnd))
+        served = [cid for cid, pid in tasks.items() if _parent(pid) in pids]
+        if len(served) != DETACHED:
+            raise RuntimeError(f"{t.name}: shims found for {len(served)} of {DETACHED} tasks")
         if t.name == "pycontainerd":  # /run/containerd/s paths show in every mount namespace
             pids += zygote_pids(t.daemon.state)
         sample = MemorySample(DETACHED, growth, sum(pss_kib(p) for p in pids), len(pids))

@@ -219,7 +219,8 @@ def test_shim_group_shares_one_process(env: Env) -> None:
 @contextlib.contextmanager
 def _pooling_daemon(containers_per_shim: int) -> Iterator[Env]:
     base = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    extra = f'[plugins."io.containerd.runtime.v2.task"]\ncontainers_per_shim = {containers_per_shim}\n'
+    extra = '[plugins."io.containerd.runtime.v2.task"]\n'
+    extra += f"containers_per_shim = {containers_per_shim}\n"
     try:
         with _daemon(base, extra) as e:
             yield e
@@ -237,7 +238,8 @@ def test_ungrouped_containers_share_pooled_shims_up_to_the_bound() -> None:
     with _pooling_daemon(2) as env:
         first, second, third = (run_detached(env, "sleep", "1000") for _ in range(3))
         pooled = _shim_pid(env, first)
-        assert _shim_pid(env, second) == pooled and _shim_pid(env, third) != pooled
+        other = _shim_pid(env, third)
+        assert _shim_pid(env, second) == pooled and other != pooled
         address = env.bundle(first).joinpath("address").read_text()
         assert env.bundle(second).joinpath("address").read_text() == address
 
@@ -246,24 +248,41 @@ def test_ungrouped_containers_share_pooled_shims_up_to_the_bound() -> None:
         res = env("task", "exec", "--exec-id", "e1", "--fifo-dir", str(env.fifo_dir), second,
                   "echo", "still served")  # fmt: skip
         assert res.stdout == "still served\n"
-        fourth = run_detached(env, "sleep", "1000")
-        assert _shim_pid(env, fourth) == pooled
-        for cid in (second, fourth):
+        # one place in each shim: no third shim
+        fourth, fifth = (run_detached(env, "sleep", "1000") for _ in range(2))
+        assert {_shim_pid(env, fourth), _shim_pid(env, fifth)} == {pooled, other}
+        on_pooled = [c for c in (second, fourth, fifth) if _shim_pid(env, c) == pooled]
+        survivor = fourth if _shim_pid(env, fourth) == other else fifth
+        for cid in (second, fourth, fifth):
             assert _ctr_shim_state(env, cid)["id"] == cid
+        # A pod's sandbox names itself as the group: it is not pooled, and the pod's
+        # containers join its shim.
+        sandbox, member = env.new_id(), env.new_id()
+        for cid in (sandbox, member):
+            env("run", "-d", "--null-io", f"--annotation=io.kubernetes.cri.sandbox-id={sandbox}",
+                IMAGE, cid, "sleep", "1000")  # fmt: skip
+        pod_shim = _shim_pid(env, sandbox)
+        assert pod_shim not in (pooled, other)
+        pod_address = env.bundle(sandbox).joinpath("address").read_text()
+        assert env.bundle(member).joinpath("address").read_text() == pod_address
+        for cid in (member, sandbox):
+            _kill_and_delete(env, cid)
+        _wait_gone(pod_shim)
 
         with events(env) as ev:
             os.kill(pooled, signal.SIGKILL)
-            for cid in (second, fourth):
+            for cid in on_pooled:
                 ev.wait_for("/tasks/delete", cid)
         _wait_gone(pooled)
         tasks = env.tasks()
-        assert tasks[third][1] == "RUNNING"  # another shim's: untouched
-        for cid in (second, fourth):
-            assert cid not in tasks and not env.bundle(cid).exists()
-        other = _shim_pid(env, third)
-        _kill_and_delete(env, third)
+        # the other shim's containers are untouched
+        assert {c: s for c, (_, s) in tasks.items()} == {third: "RUNNING", survivor: "RUNNING"}
+        for cid in on_pooled:
+            assert not env.bundle(cid).exists()
+        for cid in (third, survivor):
+            _kill_and_delete(env, cid)
         _wait_gone(other)
-        for cid in (first, second, third, fourth):
+        for cid in (first, second, third, fourth, fifth):
             _assert_nothing_left(env, cid)
 
 

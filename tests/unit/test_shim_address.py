@@ -10,7 +10,7 @@ import pytest
 
 from pycontainerd.shim.address import (
     CONTAINERD_STATE,
-    group_id,
+    group_annotation,
     parse_flags,
     socket_address,
     socket_path,
@@ -54,11 +54,15 @@ def test_state_root(tmp_path: Path) -> None:
     assert state_root(long_state, "2") == CONTAINERD_STATE
 
 
-def test_group_id_from_annotations(tmp_path: Path) -> None:
-    assert group_id(str(tmp_path), "c1") == "c1"  # no config.json
-    spec = {"annotations": {"io.kubernetes.cri.sandbox-id": "pod"}}
+def test_group_from_annotations(tmp_path: Path) -> None:
+    assert group_annotation(str(tmp_path)) == ""  # no config.json
+    spec: dict[str, object] = {"annotations": {"io.kubernetes.cri.sandbox-id": "pod"}}
     (tmp_path / "config.json").write_text(json.dumps(spec))
-    assert group_id(str(tmp_path), "c1") == "pod"
-    spec["annotations"]["io.containerd.runc.v2.group"] = "g"
+    assert group_annotation(str(tmp_path)) == "pod"
+    group = "io.containerd.runc.v2.group"
+    spec["annotations"] = {"io.kubernetes.cri.sandbox-id": "pod", group: "g"}
     (tmp_path / "config.json").write_text(json.dumps(spec))
-    assert group_id(str(tmp_path), "c1") == "g"
+    assert group_annotation(str(tmp_path)) == "g"
+    for garbage in (f"[{group}]", f'{{"annotations": "{group}"}}', f"{group} {{"):
+        (tmp_path / "config.json").write_text(garbage)
+        assert group_annotation(str(tmp_path)) == ""

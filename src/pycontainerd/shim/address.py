@@ -125,26 +125,29 @@ def socket_path(address: str) -> str:
     return address[len(UNIX_PREFIX) :] if address.startswith(UNIX_PREFIX) else address
 
 
-def group_id(bundle: str, container_id: str) -> str:
-    """The shim group of a container: its grouping annotation, else its own id."""
+def group_annotation(bundle: str) -> str:
+    """The shim group a container's spec names (a pod's sandbox container names its own
+    id), or "" for none: the container's own id is then its group."""
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             data = f.read()
     except OSError:
-        return container_id
+        return ""
     if not any(key.encode() in data for key in GROUP_ANNOTATIONS):
-        return container_id  # the common case: no need to parse (or import json)
+        return ""  # the common case: no need to parse (or import json)
     import json
 
     try:
         spec = json.loads(data)
     except ValueError:
-        return container_id
+        return ""
     if not isinstance(spec, dict):
-        return container_id
+        return ""
     annotations = spec.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        return ""
     for key in GROUP_ANNOTATIONS:
         value = annotations.get(key)
         if isinstance(value, str) and value:
             return value
-    return container_id
+    return ""

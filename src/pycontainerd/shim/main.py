@@ -18,7 +18,7 @@ from _socket import socket as RawSocket
 
 from pycontainerd.shim.address import (
     Flags,
-    group_id,
+    group_annotation,
     parse_flags,
     socket_address,
     socket_path,
@@ -98,10 +98,10 @@ def start_shim(
     bundle = os.path.abspath(bundle)
     version = env.get("MAX_SHIM_VERSION")
     root = state_root(bundle, version)
-    group = group_id(bundle, flags.id)
-    address = socket_address(flags.address, flags.namespace, group, root)
+    group = group_annotation(bundle)
+    address = socket_address(flags.address, flags.namespace, group or flags.id, root)
     # A pod's group has its own shim; other containers may share a pooled one.
-    pool = containers_per_shim(env) if group == flags.id else 0
+    pool = 0 if group else containers_per_shim(env)
     try:
         listener = _listen(socket_path(address))
     except OSError as exc:

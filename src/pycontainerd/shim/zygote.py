@@ -581,7 +581,7 @@ class _Pools:
         """A pooled shim that promised ``request``'s container a place: (pid, address)."""
         shims = self._shims.get(self._key(request), [])
         line = f"reserve {request.flags.id} {request.pool}\n".encode()
-        for shim in list(shims):
+        for shim in reversed(list(shims)):  # the newest is the likeliest to have room
             pid, channel, address = shim
             try:
                 channel.settimeout(self.ANSWER_TIMEOUT)
