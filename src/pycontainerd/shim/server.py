@@ -22,61 +22,68 @@ def serve(
 ) -> int:
     """Serves until Shutdown with no containers left; returns the exit code."""
     set_subreaper()
-    asyncio.run(serve_activated(listener, flags, address, pool_channel))
+
+    async def main() -> None:
+        reaper = Reaper()
+        reaper.install(asyncio.get_running_loop())
+        await ShimServer(reaper).serve(listener, flags, address, pool_channel)
+
+    asyncio.run(main())
     return 0
 
 
-async def serve_activated(
-    listener: socket.socket,
-    flags: Flags,
-    address: str,
-    pool_channel: socket.socket | None,
-    reaper: Reaper | None = None,
-) -> None:
-    """Serves in the running loop (a spare's, which installed ``reaper`` already).
+class ShimServer:
+    """A shim's Task service and ttrpc server. A spare builds it while it waits for
+    its container; ``serve`` then adds only what the container's request says."""
 
-    With ``pool_channel`` (from the fork server) this shim is pooled: it serves other
-    containers than the one it was started for, when the fork server places them
-    here (``serve_pool_channel``)."""
-    logging.basicConfig(
-        level=logging.DEBUG if flags.debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s shim %(name)s: %(message)s",
-    )
-    # The daemon's systemd notify socket would make runc wait for the container's READY.
-    os.environ.pop("NOTIFY_SOCKET", None)
-    try:
-        await _serve(listener, flags, pool_channel, reaper)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(socket_path(address))
+    def __init__(self, reaper: Reaper) -> None:
+        logging.basicConfig(
+            level=logging.WARNING,
+            format="%(asctime)s %(levelname)s shim %(name)s: %(message)s",
+        )
+        self._reaper = reaper
+        self._done = asyncio.Event()
+        # The namespace and the events' destination come with the container.
+        self._service = TaskService("", reaper, Publisher("", "", "", reaper), self._done.set)
+        self._server = Server()
+        self._service.register(self._server)
 
+    async def serve(
+        self,
+        listener: socket.socket,
+        flags: Flags,
+        address: str,
+        pool_channel: socket.socket | None,
+    ) -> None:
+        """Serves on ``listener`` until Shutdown with no containers left.
 
-async def _serve(
-    listener: socket.socket,
-    flags: Flags,
-    pool_channel: socket.socket | None,
-    reaper: Reaper | None,
-) -> None:
-    if reaper is None:
-        reaper = Reaper()
-        reaper.install(asyncio.get_running_loop())
-    done = asyncio.Event()
-    publisher = Publisher(
-        os.environ.get("TTRPC_ADDRESS", ""), flags.address, flags.publish_binary, reaper
-    )
-    service = TaskService(flags.namespace, reaper, publisher, done.set)
-    server = Server()
-    service.register(server)
-    await server.serve_socket(listener)
-    pool_task = None
-    if pool_channel is not None:
-        service.reserve(flags.id, limit=1)  # the container we were started for
-        pool_task = asyncio.create_task(serve_pool_channel(pool_channel, service))
-    await done.wait()
-    if pool_task is not None:
-        pool_task.cancel()
-    await publisher.close()
-    await server.close(grace=1.0)
+        With ``pool_channel`` (from the fork server) this shim is pooled: it serves other
+        containers than the one it was started for, when the fork server places them
+        here (``serve_pool_channel``)."""
+        if flags.debug:
+            logging.getLogger().setLevel(logging.DEBUG)
+        # The daemon's systemd notify socket would make runc wait for the container's READY.
+        os.environ.pop("NOTIFY_SOCKET", None)
+        publisher = Publisher(
+            os.environ.get("TTRPC_ADDRESS", ""), flags.address, flags.publish_binary, self._reaper
+        )
+        service = self._service
+        service.namespace = flags.namespace
+        service.publisher = publisher
+        try:
+            await self._server.serve_socket(listener)
+            pool_task = None
+            if pool_channel is not None:
+                service.reserve(flags.id, limit=1)  # the container we were started for
+                pool_task = asyncio.create_task(serve_pool_channel(pool_channel, service))
+            await self._done.wait()
+            if pool_task is not None:
+                pool_task.cancel()
+            await publisher.close()
+            await self._server.close(grace=1.0)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path(address))
 
 
 async def serve_pool_channel(channel: socket.socket, service: TaskService) -> None:
