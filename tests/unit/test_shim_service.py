@@ -179,10 +179,10 @@ async def test_an_unused_promise_is_given_back_and_the_idle_shim_leaves(
 ) -> None:
     from pycontainerd.shim import service as service_module
 
-    monkeypatch.setattr(service_module, "RESERVATION_SECONDS", 0.01)
     service, ctx = harness.service, harness.ctx
-    assert service.reserve("e", limit=2)
     await service.delete(pb.DeleteRequest(id="c"), ctx)
+    monkeypatch.setattr(service_module, "RESERVATION_SECONDS", 0.2)
+    assert service.reserve("e", limit=2)
     await service.shutdown(pb.ShutdownRequest(), ctx)
     await _next_turn()
     assert not harness.left.is_set()

@@ -127,7 +127,6 @@ class Runc:
         stdio: tuple[int, int, int] | None = None,
         input_bytes: bytes | None = None,
         capture: bool = False,
-        pass_fds: Sequence[int] = (),
     ) -> bytes:
         """Runs ``runc <global flags> args``; returns stdout if ``capture``.
 
@@ -137,10 +136,8 @@ class Runc:
             offset = log.stat().st_size
         except FileNotFoundError:
             offset = 0
-        stdin, stdout, stderr = stdio or (subprocess.DEVNULL, subprocess.DEVNULL, subprocess.PIPE)
-        # Without container stdio, runc's stderr goes to a pipe we read on failure.
-        if stdio is None:
-            stderr = subprocess.DEVNULL
+        # runc's errors are read from its JSON log, not its stderr.
+        stdin, stdout, stderr = stdio or (subprocess.DEVNULL,) * 3
         try:
             code, output = await self.reaper.run(
                 self.config.command(*args),
@@ -148,7 +145,6 @@ class Runc:
                 stdout=subprocess.PIPE if capture else stdout,
                 stderr=stderr,
                 input_bytes=input_bytes,
-                pass_fds=pass_fds,
             )
         except OSError as exc:
             raise errdefs.Unknown(f"{self.config.binary}: {exc.strerror}") from exc
