@@ -2,8 +2,8 @@
 
 The shim is PR_SET_CHILD_SUBREAPER, so container processes are re-parented to it when
 runc exits; runc's own commands are its children too. Nothing else may wait: asyncio's
-child watchers would steal exits, so commands are spawned here (``spawn``) and their
-exit is awaited here.
+child watchers would steal exits, so commands are spawned with ``subprocess.Popen`` and
+their exit is awaited here.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import fcntl
 import os
 import signal
 import subprocess
@@ -83,9 +82,9 @@ class Reaper:
         self,
         argv: Sequence[str],
         *,
-        stdin: int = subprocess.DEVNULL,
-        stdout: int = subprocess.DEVNULL,
-        stderr: int = subprocess.DEVNULL,
+        stdin: int | None = subprocess.DEVNULL,
+        stdout: int | None = subprocess.DEVNULL,
+        stderr: int | None = subprocess.DEVNULL,
         input_bytes: bytes | None = None,
     ) -> tuple[int, bytes]:
         """Runs ``argv`` (never a shell) and returns its exit code and, with
@@ -99,8 +98,14 @@ class Reaper:
             in_read, in_write = os.pipe()
             stdin = in_read
         try:
-            pid = spawn(argv, stdin, stdout, stderr)
-            exited = self.wait(pid)
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                close_fds=True,
+            )
+            exited = self.wait(proc.pid)
         finally:
             for fd in (write_fd, in_read):
                 if fd >= 0:
@@ -113,35 +118,13 @@ class Reaper:
                 os.close(in_write)
                 in_write = -1
             output = await _read_all(read_fd) if read_fd >= 0 else b""
-            return await exited, output
+            code = await exited
         finally:
             for fd in (read_fd, in_write):
                 if fd >= 0:
                     os.close(fd)
-
-
-def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int) -> int:
-    """Starts ``argv`` with these descriptors (or ``subprocess.DEVNULL``) as its stdio and
-    returns its pid. posix_spawn (a vfork) costs a third of subprocess.Popen in Python;
-    every other descriptor of ours is close-on-exec (PEP 446). Raises OSError."""
-    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = []
-    copies: list[int] = []
-    try:
-        for target, fd in enumerate((stdin, stdout, stderr)):
-            if fd == subprocess.DEVNULL:
-                actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
-                continue
-            if fd < 0:
-                raise ValueError(f"no descriptor for stdio {target}: {fd}")
-            if fd < 3:  # an earlier dup2 onto 0-2 could clobber it: use a copy above
-                fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-                copies.append(fd)
-            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
-        launch = os.posix_spawn if "/" in argv[0] else os.posix_spawnp
-        return launch(argv[0], list(argv), os.environ, file_actions=actions)
-    finally:
-        for fd in copies:
-            os.close(fd)
+        proc.returncode = code  # so Popen never waits for it
+        return code, output
 
 
 async def wait_fd(fd: int, *, writable: bool = False) -> None:
