@@ -65,3 +65,29 @@ def test_delete_removes_bundle_and_work(tmp_path: Path) -> None:
     assert not b.path.exists() and not (root / "ns" / "c1").exists()
     assert list((state / "ns").iterdir()) == []
     b.delete()  # twice is fine
+
+
+def test_detach_moves_the_directories_aside_at_once(tmp_path: Path) -> None:
+    root, state = tmp_path / "root", tmp_path / "state"
+    b = bundlemod.new_bundle(root, state, "ns", "c1", SPEC)
+    (b.path / "address").write_text("unix:///x")
+    detached = b.detach()
+    assert not b.path.exists() and not (root / "ns" / "c1").exists()
+    assert sorted(p.parent for p in detached) == [root / "ns", state / "ns"]
+    assert all(p.name.startswith(".c1.") for p in detached)
+    assert (next(p for p in detached if p.parent == state / "ns") / "address").exists()
+    # The same id again, while the first copy is still there: no clash.
+    again = bundlemod.new_bundle(root, state, "ns", "c1", SPEC).detach()
+    assert not set(again) & set(detached)
+    bundlemod.remove_detached(detached + again)
+    assert list((state / "ns").iterdir()) == [] and list((root / "ns").iterdir()) == []
+    assert b.detach() == []  # nothing left to move
+
+
+def test_leftovers_of_an_interrupted_deletion_are_removed(tmp_path: Path) -> None:
+    root, state = tmp_path / "root", tmp_path / "state"
+    bundlemod.new_bundle(root, state, "ns", "c1", SPEC).detach()  # a crash before removal
+    live = bundlemod.new_bundle(root, state, "ns", "c2", SPEC)
+    bundlemod.remove_leftovers(state / "ns")
+    assert list((state / "ns").iterdir()) == [live.path]
+    bundlemod.remove_leftovers(state / "nonexistent")

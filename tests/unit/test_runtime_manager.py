@@ -330,6 +330,8 @@ async def test_delete_stopped_task(tmp_path: Path, exchange: Exchange, shim_scri
             await m.delete("c1")
     assert shim.methods()[-2:] == ["Delete", "Shutdown"]
     assert not (tmp_path / "state" / NS / "c1").exists()
+    await m.aclose()  # (waits for the background removal of the renamed copies)
+    assert list((tmp_path / "state" / NS).iterdir()) == []
     assert not (tmp_path / "deleted").exists()  # no dead-shim clean-up for a delete
 
 
@@ -345,6 +347,7 @@ async def test_reload_adopts_live_shims_and_cleans_dead_ones(
     await m.aclose()  # the daemon goes away; its shims stay
     del SHIMS[f"{tmp_path}/dead.sock"]  # ... and one of them dies meanwhile
     (tmp_path / "state" / NS / "empty").mkdir()
+    (tmp_path / "state" / NS / ".gone.0123abcd").mkdir()  # a deletion cut short
     (tmp_path / "root" / NS / "stray").mkdir()
 
     m2 = make_manager(tmp_path, exchange, shim_script)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,16 @@ class Bundle:
         Raises:
             OSError: an unmount or removal failed; what could be removed is gone.
         """
+        remove_detached(self.detach())
+
+    def detach(self) -> list[Path]:
+        """Unmount rootfs and move the bundle and its work directory to dot names (a
+        rename each): the task's directories are gone at once, and the returned copies
+        can be removed later (``remove_detached``).
+
+        Raises:
+            OSError: the unmount failed (nothing was moved).
+        """
         try:
             work: str | None = os.readlink(self.path / "work")
         except OSError:
@@ -71,25 +82,41 @@ class Bundle:
         mountmod.unmount_all(self.rootfs)
         with contextlib.suppress(FileNotFoundError):
             self.rootfs.rmdir()
-        errors: list[OSError] = []
+        detached = []
         for path in (self.path, Path(work) if work else None):
             if path is None:
                 continue
+            # Unique: an earlier deletion of the same id may still be under way.
+            hidden = path.parent / f".{path.name}.{secrets.token_hex(4)}"
             try:
-                _atomic_delete(path)
-            except OSError as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+                path.rename(hidden)
+            except FileNotFoundError:
+                continue
+            detached.append(hidden)
+        return detached
 
 
-def _atomic_delete(path: Path) -> None:
-    hidden = path.parent / f".{path.name}"
+def remove_detached(paths: list[Path]) -> None:
+    """Raises the first OSError; what could be removed is gone."""
+    errors: list[OSError] = []
+    for path in paths:
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def remove_leftovers(directory: Path) -> None:
+    """Removes the dot-named directories that deletions interrupted by a crash left."""
     try:
-        path.rename(hidden)
+        entries = list(os.scandir(directory))
     except FileNotFoundError:
         return
-    shutil.rmtree(hidden)
+    for entry in entries:
+        if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def remapped_gid(spec: bytes) -> int:

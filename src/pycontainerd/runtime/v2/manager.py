@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -63,6 +63,7 @@ TASK_EXIT_TOPIC = "/tasks/exit"
 TASK_DELETE_TOPIC = "/tasks/delete"
 # containerd reports a task whose shim died without telling us how as exit 255.
 UNKNOWN_EXIT_STATUS = 255
+REMOVAL_WAIT = 10.0
 # Where ``ctr shim`` (containerd 1.6's cmd/ctr/commands/shim) looks for a task's shim.
 CTR_SHIM_SOCKET_DIR = Path("/run/containerd/s")
 
@@ -115,6 +116,7 @@ class ShimManager:
         self._tasks: dict[tuple[str, str], ShimTask] = {}
         self._reserved: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._removals: set[asyncio.Task[None]] = set()  # of deleted bundles: awaited at close
 
     # -- runtime names ---------------------------------------------------------------
 
@@ -306,6 +308,36 @@ class ShimManager:
         except OSError:
             logger.exception("removing bundle %s", bundle.path)
 
+    async def _detach_bundle(self, bundle: Bundle) -> None:
+        """As ``_remove_bundle``, but the renamed directories' contents are removed in
+        the background: a deleted task's caller need not wait for a dozen unlinks."""
+
+        def detach() -> list[Path]:
+            self._unlink_for_ctr_shim(bundle)
+            try:
+                return bundle.detach()
+            except OSError:
+                logger.exception("removing bundle %s", bundle.path)
+                return []
+
+        detached = await asyncio.to_thread(detach)
+        if detached:
+            self._removals.add(self._in_background(self._remove_detached(detached)))
+
+    @staticmethod
+    async def _remove_detached(paths: list[Path]) -> None:
+        try:
+            await asyncio.to_thread(bundlemod.remove_detached, paths)
+        except OSError:
+            logger.exception("removing deleted bundle %s", paths[0])
+
+    def _in_background(self, job: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._removals.discard)
+        return task
+
     def _unlink_for_ctr_shim(self, bundle: Bundle) -> None:
         link = self._ctr_shim_link(bundle)
         if link is None:
@@ -342,7 +374,7 @@ class ShimManager:
         self._tasks.pop(key, None)
         await task.shutdown()
         await task.close()
-        await asyncio.to_thread(self._remove_bundle, task.bundle)
+        await self._detach_bundle(task.bundle)
         if exit_ is None:
             assert shim_error is not None
             raise shim_error
@@ -351,9 +383,7 @@ class ShimManager:
     # -- dead shims ------------------------------------------------------------------
 
     def _shim_lost(self, task: ShimTask) -> None:
-        job = asyncio.get_running_loop().create_task(self._cleanup_after_dead_shim(task))
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
+        self._in_background(self._cleanup_after_dead_shim(task))
 
     async def _cleanup_after_dead_shim(self, task: _ShimRef) -> None:
         ns, id_ = task.namespace, task.id
@@ -404,6 +434,7 @@ class ShimManager:
                     except Exception:
                         logger.exception("loading task %s/%s", ns, task_dir.name)
                 await asyncio.to_thread(self._cleanup_work_dirs, ns)
+                await asyncio.to_thread(bundlemod.remove_leftovers, ns_dir)
 
     async def _load_shim(self, ns: str, id_: str) -> None:
         bundle = bundlemod.load_bundle(self.state, ns, id_)
@@ -464,6 +495,8 @@ class ShimManager:
             with contextlib.suppress(Exception):
                 await task.close()
         self._tasks.clear()
+        if self._removals:  # a few unlinks each; what is left is removed at the next start
+            await asyncio.wait(self._removals, timeout=REMOVAL_WAIT)
         for job in list(self._background):
             job.cancel()
         if self._background:
