@@ -43,6 +43,8 @@ class FakeTask:
 
     async def delete_process(self, exec_id: str = "") -> Exit:
         self.calls.append(("delete", exec_id))
+        if exec_id == "missing":
+            raise NotFound(f"process {exec_id} does not exist")
         return Exit(pid=78, status=1, timestamp_ns=2_000_000_000)
 
     async def kill(self, signal: int, all_: bool = False, exec_id: str = "") -> None:
@@ -201,6 +203,8 @@ async def test_delete_and_delete_process(tasks: tuple[TasksLocal, FakeRuntime]) 
     resp = await local.DeleteProcess(api.DeleteProcessRequest(container_id="c1", exec_id="e1"))
     assert (resp.id, resp.pid, resp.exit_status, resp.exited_at.seconds) == ("e1", 78, 1, 2)
     assert ("delete", "e1") in task.calls
+    with pytest.raises(NotFound, match="process missing does not exist"):
+        await local.DeleteProcess(api.DeleteProcessRequest(container_id="c1", exec_id="missing"))
     resp = await local.Delete(api.DeleteTaskRequest(container_id="c1"))
     assert (resp.id, resp.pid, resp.exit_status, resp.exited_at.seconds) == ("", 77, 3, 10)
     with pytest.raises(NotFound, match="task c1 not found"):
