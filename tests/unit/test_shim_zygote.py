@@ -234,10 +234,13 @@ def test_spare_server_takes_the_next_socket(root: Path) -> None:
     (spare,) = _spare_pids(path)
     stat = Path(f"/proc/{spare}/stat").read_text()
     assert int(stat[stat.rindex(")") + 2 :].split()[1]) == zpid
+    # It prepares itself at the lowest priority, and gets the zygote's with a container.
+    assert os.getpriority(os.PRIO_PROCESS, spare) == zygote.SPARE_PRIORITY
     bundle, request, pid = _ask_for_server(root)
     assert pid is not None
     try:
         assert pid == spare
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, zpid)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         assert cmdline == [w.encode() for w in request.argv]
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -325,3 +328,10 @@ def test_pooled_containers_share_a_shim_up_to_the_bound(root: Path) -> None:
     zpid = _zygote_pid(path)
     os.unlink(path)
     _wait_gone(zpid)
+
+
+def test_environment_is_adopted_by_difference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The activated spare's environment becomes the request's exactly."""
+    monkeypatch.setattr(os, "environ", {"KEEP": "1", "CHANGE": "old", "DROP": "x"})
+    zygote._adopt_environment({"KEEP": "1", "CHANGE": "new", "ADD": "a=b"})
+    assert os.environ == {"KEEP": "1", "CHANGE": "new", "ADD": "a=b"}

@@ -644,12 +644,13 @@ class _Spare:
         try:
             pid = os.fork()
         except OSError:
+            pid = -1
+        if pid != 0 and lowered:  # the zygote's own priority, back at once
+            _set_priority(priority)
+        if pid < 0:
             ours.close()
             theirs.close()
             return None
-        finally:
-            if lowered:
-                _set_priority(priority)
         if pid == 0:
             try:
                 # Set here, not around the fork as for servers: the zygote keeps its
