@@ -7,6 +7,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -111,3 +112,28 @@ def test_hand_encoded_delete_response_matches_protobuf(pid: int, status: int, ns
     decoded = shim_pb2.DeleteResponse.FromString(encode_delete_response(pid, status, ns))
     assert (decoded.pid, decoded.exit_status) == (pid, status)
     assert decoded.exited_at.seconds * 1_000_000_000 + decoded.exited_at.nanos == ns
+
+
+def test_delete_removes_a_dead_shims_socket_but_not_a_live_one(state: Path) -> None:
+    bundle = _bundle(state, "dead")
+    path = state / "s" / "dead.sock"
+    path.parent.mkdir()
+    (bundle / "address").write_text(f"unix://{path}")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # bound, never listening: what a shim killed with -9 leaves
+    assert _shim(bundle, "dead", "delete").returncode == 0
+    assert not path.exists()
+
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        live.bind(str(path))
+        live.listen(1)  # a pooled shim still serving its other containers
+        assert _shim(bundle, "dead", "delete").returncode == 0
+        assert path.exists()
+    finally:
+        live.close()
+    path.unlink()
+    path.write_text("not a socket")
+    assert _shim(bundle, "dead", "delete").returncode == 0
+    assert path.read_text() == "not a socket"

@@ -24,6 +24,7 @@ def sha256_hex(data: bytes) -> str:
 CONTAINERD_STATE = "/run/containerd"
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 UNIX_PREFIX = "unix://"
+ADDRESS_FILE = "address"  # in the bundle: where its shim serves
 
 
 class Flags:
@@ -118,6 +119,21 @@ def socket_address(containerd_address: str, namespace: str, group_id: str, root:
     """``unix://<root>/s/<sha256(address/ns/group)>``, as containerd's runc v2 shim."""
     key = os.path.join(containerd_address, namespace, group_id)
     return f"{UNIX_PREFIX}{root}/s/{sha256_hex(key.encode())}"
+
+
+def socket_alive(path: str) -> bool:
+    """A server accepts connections at ``path``."""
+    from _socket import AF_UNIX, SOCK_CLOEXEC, SOCK_STREAM
+    from _socket import socket as RawSocket
+
+    probe = RawSocket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def socket_path(address: str) -> str:

@@ -9,10 +9,11 @@ mounted.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 
-from pycontainerd.shim.address import Flags
+from pycontainerd.shim.address import ADDRESS_FILE, Flags, socket_alive, socket_path
 
 OPTIONS_FILE = "options.json"
 DEFAULT_RUNC_ROOT = "/run/containerd/runc"
@@ -63,6 +64,18 @@ def encode_delete_response(pid: int, exit_status: int, exited_at_ns: int) -> byt
     return out + b"\x1a" + _varint(len(timestamp)) + timestamp
 
 
+def _remove_dead_socket(bundle: str) -> None:
+    """The socket of the shim that served the bundle, which died without removing it;
+    not while a live shim serves there (a pooled or grouped shim's other containers)."""
+    try:
+        with open(os.path.join(bundle, ADDRESS_FILE)) as f:
+            path = socket_path(f.read().strip())
+        if path and stat.S_ISSOCK(os.lstat(path).st_mode) and not socket_alive(path):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def delete(flags: Flags, bundle: str) -> int:
     """``runc delete --force``, unmount the rootfs, print a DeleteResponse (137, now)."""
     options = read_options(bundle)
@@ -91,6 +104,7 @@ def delete(flags: Flags, bundle: str) -> int:
             unmount_all(rootfs)
         except OSError as exc:
             print(f"unmount rootfs: {exc}", file=sys.stderr)
+    _remove_dead_socket(bundle)
     sys.stdout.buffer.write(encode_delete_response(0, SIGKILL_EXIT_STATUS, time.time_ns()))
     sys.stdout.flush()
     return 0

@@ -17,10 +17,12 @@ from _socket import AF_UNIX, SOCK_CLOEXEC, SOCK_STREAM
 from _socket import socket as RawSocket
 
 from pycontainerd.shim.address import (
+    ADDRESS_FILE,
     Flags,
     group_annotation,
     parse_flags,
     socket_address,
+    socket_alive,
     socket_path,
     state_root,
 )
@@ -119,7 +121,7 @@ def start_shim(
             os.unlink(socket_path(address))
             address = served
         _write(os.path.join(bundle, "shim.pid"), str(pid))
-    _write(os.path.join(bundle, "address"), address)
+    _write(os.path.join(bundle, ADDRESS_FILE), address)
     return 0, address_output(address, version), ""
 
 
@@ -189,24 +191,13 @@ def _listen(path: str) -> RawSocket | None:
             sock.close()
             if exc.errno != errno.EADDRINUSE:
                 raise
-            if _alive(path):
+            if socket_alive(path):
                 return None
             os.unlink(path)
             continue
         sock.listen(128)
         return sock
     raise OSError(errno.EADDRINUSE, f"{path} is in use")
-
-
-def _alive(path: str) -> bool:
-    probe = RawSocket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def become_server(
