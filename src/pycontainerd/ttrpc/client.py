@@ -1,7 +1,9 @@
 """asyncio ttrpc client: unary and streaming calls over one unix socket connection.
 
-One reader task feeds a ``FrameDecoder`` and routes frames to pending calls by stream
-id; writes share one lock so frames never interleave. Stream ids are odd and increase.
+The connection's protocol feeds a ``FrameDecoder`` as data arrives and routes frames to
+pending calls by stream id (no reader task between the socket and the waiting call);
+each frame is one transport write, so frames never interleave. Stream ids are odd and
+increase.
 
 Errors: a non-OK status raises its errdefs kind; DEADLINE_EXCEEDED raises TimeoutError,
 and codes without a kind (CANCELLED among them: a server's cancellation must never look
@@ -14,7 +16,6 @@ the connection is lost every pending and later call raises
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -41,8 +42,6 @@ from pycontainerd.sansio.ttrpc import (
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
-
-_READ_SIZE = 64 * 1024
 
 Metadata = Mapping[str, str | Sequence[str]]
 
@@ -158,31 +157,72 @@ class ClientStream(Generic[M]):
         await self.aclose()
 
 
+class _Connection(asyncio.Protocol):
+    """The socket side of a ``Client``: frames go to ``on_frame`` as they arrive, and
+    ``on_lost`` runs once when the connection ends."""
+
+    def __init__(
+        self, on_frame: Callable[[Frame | OversizedFrame], None], on_lost: Callable[[], None]
+    ) -> None:
+        self._decoder = FrameDecoder()
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self._writable: asyncio.Future[None] | None = None  # set while writes are paused
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self._decoder.feed(data):
+            self._on_frame(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.resume_writing()
+        self._on_lost()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+    async def drain(self) -> None:
+        """Returns once the transport's buffer is below its limit (or the connection
+        is gone)."""
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+
+
 class Client:
     """A connection to a ttrpc server."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._write_lock = asyncio.Lock()
+    def __init__(self) -> None:
+        self._connection = _Connection(self._route, self._shutdown)
         self._ids = StreamIds()
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self._streams: dict[int, ClientStream[Message]] = {}
         self._close_callbacks: list[Callable[[], None]] = []
         self._closed = asyncio.Event()
-        self._reader_task = asyncio.create_task(self._read_loop())
 
     @classmethod
     async def connect(cls, path: str | Path, *, timeout: float = 10.0) -> Client:
         """Connects to the unix socket at ``path``.
 
         Raises errdefs.Unavailable if it cannot connect within ``timeout`` seconds."""
+        client = cls()
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(os.fspath(path))
+                await loop.create_unix_connection(lambda: client._connection, os.fspath(path))
         except (OSError, TimeoutError) as exc:
             raise errdefs.Unavailable(f"ttrpc: connect {path}: {exc}") from exc
-        return cls(reader, writer)
+        return client
 
     @property
     def closed(self) -> bool:
@@ -201,26 +241,12 @@ class Client:
 
     async def close(self) -> None:
         """Closes the connection; pending calls raise Unavailable."""
-        self._writer.close()
-        self._reader_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader_task
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
-
-    async def _read_loop(self) -> None:
-        decoder = FrameDecoder()
-        try:
-            while True:
-                data = await self._reader.read(_READ_SIZE)
-                if not data:
-                    break
-                for frame in decoder.feed(data):
-                    self._route(frame)
-        except (ConnectionError, OSError):
-            pass
-        finally:
+        transport = self._connection.transport
+        if transport is None:
             self._shutdown()
+            return
+        transport.close()
+        await self._closed.wait()
 
     def _route(self, frame: Frame | OversizedFrame) -> None:
         if isinstance(frame, OversizedFrame):
@@ -244,7 +270,8 @@ class Client:
             stream._deliver(frame)
 
     def _shutdown(self) -> None:
-        self._writer.close()
+        if self._connection.transport is not None:
+            self._connection.transport.close()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(_closed_error())
@@ -269,15 +296,12 @@ class Client:
             raise errdefs.InvalidArgument(
                 f"message length {len(payload)} exceed maximum message size of {MAX_MESSAGE}"
             )
-        frame = encode_frame(stream_id, type, payload, flags)
-        async with self._write_lock:
-            if self.closed or self._writer.is_closing():
-                raise _closed_error()
-            self._writer.write(frame)
-            try:
-                await self._writer.drain()
-            except (ConnectionError, OSError) as exc:
-                raise _closed_error() from exc
+        transport = self._connection.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise _closed_error()
+        transport.write(encode_frame(stream_id, type, payload, flags))
+        # A connection lost meanwhile fails the pending call or stream by itself.
+        await self._connection.drain()
 
     @staticmethod
     def _request(
