@@ -29,6 +29,7 @@ import pytest
 from pycontainerd import harness
 from pycontainerd.client import pull as pull_module
 from pycontainerd.client.aio import AsyncClient
+from pycontainerd.client.types import Image
 from pycontainerd.errdefs import FailedPrecondition, InvalidArgument, NotFound
 from pycontainerd.images import build
 from pycontainerd.images import mediatypes as mt
@@ -234,12 +235,20 @@ async def watching_commits(client: AsyncClient) -> AsyncIterator[CommitWatch]:
             await task
 
 
-async def assert_nothing_left(c: AsyncClient) -> None:
-    """A failed pull left no image, lease, snapshot (active or committed) or ingest."""
+async def assert_nothing_left(c: AsyncClient, *, ingests: bool = True) -> None:
+    """A failed pull left no image, lease, snapshot (active or committed) or, with
+    ``ingests``, ingest."""
     assert await c.images.list() == []
     assert await c.leases.list() == []
     assert await c.snapshots().list() == []
-    assert await c.content.list_statuses() == []
+    if ingests:
+        assert await c.content.list_statuses() == []
+
+
+async def pull(c: AsyncClient, proxy: HoldingProxy, ref: str, **options: Any) -> Image:
+    """``ref`` (repository:tag) pulled through the proxy, bounded by PULL_TIMEOUT."""
+    pulling = c.pull(f"{proxy.host}/{ref}", plain_http=True, **options)
+    return await asyncio.wait_for(pulling, PULL_TIMEOUT)
 
 
 # -- the tests ------------------------------------------------------------------------------
@@ -255,10 +264,10 @@ async def test_layers_unpack_while_later_layers_download(
     async with AsyncClient(str(daemon.address)) as c, watching_commits(c) as watch:
         # Layer 3's blob is served only once layers 1 and 2 are unpacked and committed.
         proxy.holds[last.digest] = watch.committed(chain[1])
-        ref = f"{proxy.host}/pc/pipeline:v1"
-        image = await asyncio.wait_for(c.pull(ref, plain_http=True), PULL_TIMEOUT)
+        image = await pull(c, proxy, "pc/pipeline:v1")
         assert proxy.released == {last.digest: True}, "layer 3 was held until its hold timed out"
-        assert image.name == ref and image.target.digest == img.manifest_digest
+        assert image.name == f"{proxy.host}/pc/pipeline:v1"
+        assert image.target.digest == img.manifest_digest
         assert watch.order == chain  # each layer committed in order, under its chain ID
         sn = c.snapshots()
         assert (await sn.stat(chain[2])).parent == chain[1]
@@ -288,9 +297,7 @@ async def test_corrupt_layer_removes_what_the_pull_made(
         # snapshot for the failure to clean up.
         proxy.holds[bad.digest] = watch.committed(chain[0])
         with pytest.raises(FailedPrecondition, match="digest mismatch"):
-            await asyncio.wait_for(
-                c.pull(f"{proxy.host}/pc/corrupt-pipeline:v1", plain_http=True), PULL_TIMEOUT
-            )
+            await pull(c, proxy, "pc/corrupt-pipeline:v1")
         assert proxy.released == {bad.digest: True}
         assert watch.order == [chain[0]]
         await assert_nothing_left(c)
@@ -313,10 +320,8 @@ async def test_cancelled_pull_removes_what_it_made(
         pulling.cancel()
         with pytest.raises(asyncio.CancelledError):
             await pulling
-        assert await c.images.list() == []
-        assert await c.leases.list() == []
-        assert await c.snapshots().list() == []
         # (the held layer's ingest may stay: a later pull resumes it)
+        await assert_nothing_left(c, ingests=False)
 
 
 async def test_wrong_diff_id_removes_the_failed_apply(
@@ -330,9 +335,7 @@ async def test_wrong_diff_id_removes_the_failed_apply(
     push_image(registry, "pc/diff-id", "v1", img)
     async with AsyncClient(str(daemon.address)) as c:
         with pytest.raises(FailedPrecondition, match="wrong diff id"):
-            await asyncio.wait_for(
-                c.pull(f"{proxy.host}/pc/diff-id:v1", plain_http=True), PULL_TIMEOUT
-            )
+            await pull(c, proxy, "pc/diff-id:v1")
         # The extraction snapshot of layer 2 and the committed layer 1 are both gone.
         await assert_nothing_left(c)
 
@@ -365,10 +368,7 @@ async def test_unknown_media_type_in_an_index_is_refused_unfetched(
             NotFound,
             match=f"unexpected media type application/x-garbage for {other.manifest_digest}",
         ):
-            await asyncio.wait_for(
-                c.pull(f"{proxy.host}/pc/garbage:v1", plain_http=True, platform="linux/amd64"),
-                PULL_TIMEOUT,
-            )
+            await pull(c, proxy, "pc/garbage:v1", platform="linux/amd64")
         assert not [r for r in proxy.requests if other.manifest_digest in r]
         await assert_nothing_left(c)
         with pytest.raises(NotFound):
@@ -392,9 +392,6 @@ async def test_index_nested_too_deep_leaves_no_lease_or_image(
         child = {"mediaType": mt.OCI_INDEX, "digest": digest, "size": len(body)}
     async with AsyncClient(str(daemon.address)) as c:
         with pytest.raises(InvalidArgument, match="nests deeper than 8"):
-            await asyncio.wait_for(
-                c.pull(f"{proxy.host}/pc/deep:level{pull_module.MAX_INDEX_DEPTH}", plain_http=True),
-                PULL_TIMEOUT,
-            )
+            await pull(c, proxy, f"pc/deep:level{pull_module.MAX_INDEX_DEPTH}")
         assert not [r for r in proxy.requests if leaf.manifest_digest in r]
         await assert_nothing_left(c)
