@@ -27,7 +27,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -196,28 +196,6 @@ def pss_kib(pid: int) -> int:
     raise RuntimeError(f"no Pss for pid {pid}")
 
 
-def _command_lines() -> Iterator[tuple[int, list[bytes]]]:
-    """(pid, argv) of every process that is still there when read."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                yield int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")
-
-
-def shim_pids(address: Path) -> list[int]:
-    """Shim processes of the daemon at ``address`` (their argv names it after -address).
-    Ours may each serve several containers (pooled shims), so they are not told apart
-    by the container id in their argv."""
-    found = []
-    for pid, argv in _command_lines():
-        if b"-address" not in argv or b"-id" not in argv:
-            continue
-        i = argv.index(b"-address")
-        if i + 1 < len(argv) and argv[i + 1] == str(address).encode():
-            found.append(pid)
-    return found
-
-
 def _parent(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[1])
@@ -234,18 +212,26 @@ def task_pids(t: Target, ids: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def zygote_pids(state: Path) -> list[int]:
-    """Our shims' fork servers, and the spare server each keeps forked ahead, for the
-    daemon with state dir ``state`` (or for /run/containerd, where shim sockets go when
-    the state path is too long): their memory is part of what the shims cost, so it is
-    counted with them."""
-    roots = (str(state).encode() + b"/s/", b"/run/containerd/s/")
-    names = (b"containerd-shim-pyrunc-v2-zygote", b"containerd-shim-pyrunc-v2-spare")
-    return [
-        pid
-        for pid, argv in _command_lines()
-        if argv[0] in names and len(argv) > 1 and argv[1].startswith(roots)
-    ]
+def zygote_pids(shims: Iterable[int]) -> list[int]:
+    """The fork servers that forked ``shims``, and the spare each keeps forked ahead:
+    their memory is part of what the shims cost, so it is counted with them. (Found
+    by parentage: other daemons' zygotes may share /run/containerd/s.)"""
+    zygote = b"containerd-shim-pyrunc-v2-zygote"
+    spare = b"containerd-shim-pyrunc-v2-spare"
+    argvs = dict(harness.command_lines())
+    zygotes = set()
+    for pid in shims:
+        with contextlib.suppress(OSError):
+            parent = _parent(pid)
+            if argvs.get(parent, [b""])[0] == zygote:
+                zygotes.add(parent)
+    spares = set()
+    for pid, argv in argvs.items():
+        if argv[0] == spare:
+            with contextlib.suppress(OSError):
+                if _parent(pid) in zygotes:
+                    spares.add(pid)
+    return sorted(zygotes | spares)
 
 
 @dataclass(frozen=True)
@@ -301,13 +287,13 @@ class Detached:
 
     def _sample(self, t: Target, rnd: int) -> None:
         growth = _status_kib(t.daemon.proc.pid, "VmRSS") - self._baseline_kib[t.name]
-        pids = shim_pids(t.daemon.address)
+        pids = harness.shim_pids(t.daemon.address)
         tasks = task_pids(t, self.ids(rnd))
         served = [cid for cid, pid in tasks.items() if _parent(pid) in pids]
         if len(served) != DETACHED:
             raise RuntimeError(f"{t.name}: shims found for {len(served)} of {DETACHED} tasks")
         if t.name == "pycontainerd":  # /run/containerd/s paths show in every mount namespace
-            pids += zygote_pids(t.daemon.state)
+            pids += zygote_pids(pids)
         sample = MemorySample(DETACHED, growth, sum(pss_kib(p) for p in pids), len(pids))
         self.samples.setdefault(t.name, []).append(sample)
 

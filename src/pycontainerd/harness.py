@@ -169,3 +169,33 @@ def pycontainerd(
         yield daemon
     finally:
         daemon.stop()
+
+
+def command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process that is still there when read."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                yield int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")
+
+
+def shim_pids(
+    address: str | os.PathLike[str], container_id: str | None = None, program: str = ""
+) -> list[int]:
+    """Shim processes started for the daemon at ``address`` (their argv has
+    ``-address ADDRESS``), of ``program`` when given (its name in the first two words);
+    with ``container_id``, only those whose argv names it (a pooled shim names its
+    first container only)."""
+    wanted = os.fspath(address).encode()
+    found = []
+    for pid, argv in command_lines():
+        if b"-address" not in argv:
+            continue
+        i = argv.index(b"-address")
+        if i + 1 >= len(argv) or argv[i + 1] != wanted:
+            continue
+        if program and not any(program.encode() in word for word in argv[:2]):
+            continue
+        if container_id is None or container_id.encode() in argv:
+            found.append(pid)
+    return found

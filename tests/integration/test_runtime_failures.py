@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from pycontainerd import harness
 from tests.integration.test_tasks import (
     PY_SHIM,
     Env,
     _mounts_under,
-    _shim_pids,
     env,
     events,
     run_detached,
@@ -40,7 +40,7 @@ def test_restart_after_kill9_with_twenty_running(env: Env) -> None:
         for cid in ids:
             env("task", "delete", cid)
     assert env.tasks() == {}
-    assert _shim_pids(env.daemon.address) == []
+    assert harness.shim_pids(env.daemon.address) == []
     for cid in ids:
         assert not env.bundle(cid).exists()
         assert _mounts_under(env.bundle(cid)) == []

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import any_pb2, field_mask_pb2
 
+from pycontainerd import harness
 from pycontainerd._api.containerd.services.containers.v1 import containers_pb2 as cpb
 from pycontainerd._api.containerd.services.containers.v1 import containers_pb2_grpc as cgrpc
 from pycontainerd._api.containerd.services.tasks.v1 import tasks_pb2 as tpb
@@ -37,7 +38,6 @@ from tests.integration.test_tasks import (
     _cleanup,
     _import_busybox,
     _mounts_under,
-    _shim_pids,
     _start,
     config_for,
     events,
@@ -97,7 +97,7 @@ def _assert_nothing_left(env: Env, cid: str) -> None:
     assert not env.bundle(cid).exists()
     assert _mounts_under(env.daemon.state) == []
     assert _mounts_under(env.daemon.root) == []
-    assert _shim_pids(env.daemon.address, cid) == []
+    assert harness.shim_pids(env.daemon.address, cid) == []
     assert cid not in _runc_containers(env)
 
 

@@ -88,20 +88,8 @@ class Reference:
         )
 
     def shim_pids(self) -> list[int]:
-        """Our shims serving this daemon (their environment names its address)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(SHIM.encode() in part for part in cmdline[:2]) and (
-                str(self.daemon.address).encode() in cmdline
-            ):
-                pids.append(int(entry.name))
-        return pids
+        """Our shims serving this daemon."""
+        return harness.shim_pids(self.daemon.address, program=SHIM)
 
 
 class Events:

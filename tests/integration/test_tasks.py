@@ -99,24 +99,6 @@ def _import_busybox(env: Env) -> None:
     env("images", "import", str(archive), timeout=300)
 
 
-def _shim_pids(address: Path, cid: str | None = None) -> list[int]:
-    """Shims started for the daemon at ``address`` (their argv names it), or only the
-    one of task ``cid``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-address" not in argv or str(address).encode() not in argv:
-            continue
-        if cid is None or cid.encode() in argv:
-            pids.append(int(entry.name))
-    return pids
-
-
 def _mounts_under(path: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4] for line in f]
@@ -130,7 +112,7 @@ def _cleanup(env: Env) -> None:
             env("task", "kill", "-s", "SIGKILL", cid, check=False)
             env("task", "delete", "-f", cid, check=False, timeout=30)
             env("containers", "delete", cid, check=False)
-    for pid in _shim_pids(env.daemon.address):
+    for pid in harness.shim_pids(env.daemon.address):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     runc_root = f"/run/containerd/runc/{env.namespace}"
@@ -252,7 +234,7 @@ def test_run_prints_hello(env: Env) -> None:
     assert res.stdout == "hello\n"
     assert env.tasks() == {}
     assert not env.bundle(cid).exists()
-    assert _shim_pids(env.daemon.address) == []
+    assert harness.shim_pids(env.daemon.address) == []
 
 
 def test_exit_status_passes_through(env: Env) -> None:
@@ -314,7 +296,7 @@ def test_restart_reconnects_to_running_tasks(env: Env) -> None:
             assert '"exit_status":137' in line.replace(" ", "")
             env("task", "delete", cid)
     assert env.tasks() == {}
-    assert _shim_pids(env.daemon.address) == []
+    assert harness.shim_pids(env.daemon.address) == []
 
 
 def test_killed_shim_is_cleaned_up(env: Env) -> None:
@@ -322,7 +304,7 @@ def test_killed_shim_is_cleaned_up(env: Env) -> None:
     bundle = env.bundle(cid)
     assert _mounts_under(bundle / "rootfs")
     # containerd 1.6's shim writes no shim.pid; its argv names the task
-    (shim_pid,) = _shim_pids(env.daemon.address, cid)
+    (shim_pid,) = harness.shim_pids(env.daemon.address, cid)
     with events(env) as ev:
         os.kill(shim_pid, signal.SIGKILL)
         ev.wait_for("/tasks/exit", f'"id":"{cid}"')
