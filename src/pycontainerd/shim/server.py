@@ -12,9 +12,8 @@ from pycontainerd.shim.address import Flags, socket_path
 from pycontainerd.shim.publish import Publisher
 from pycontainerd.shim.reaper import Reaper, set_subreaper
 from pycontainerd.shim.service import TaskService
+from pycontainerd.shim.zygote import MAX_POOL_LINE, POOL_FULL, POOL_PLACED, parse_reserve
 from pycontainerd.ttrpc import Server
-
-MAX_POOL_LINE = 4096
 
 
 def serve(
@@ -99,11 +98,6 @@ async def serve_pool_channel(channel: socket.socket, service: TaskService) -> No
                 return
             while b"\n" in pending:
                 line, _, pending = pending.partition(b"\n")
-                words = line.decode(errors="replace").split(" ")
-                taken = (
-                    len(words) == 3
-                    and words[0] == "reserve"
-                    and words[2].isdigit()
-                    and service.reserve(words[1], int(words[2]))
-                )
-                await loop.sock_sendall(channel, b"ok\n" if taken else b"full\n")
+                asked = parse_reserve(line)
+                taken = asked is not None and service.reserve(*asked)
+                await loop.sock_sendall(channel, POOL_PLACED if taken else POOL_FULL)

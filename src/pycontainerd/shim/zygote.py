@@ -137,6 +137,26 @@ def decode_request(payload: bytes) -> Request:
     return Request(flags, address, cwd, argv, env, run, int(pool))
 
 
+# The pool channel, between the zygote and a pooled shim: a question per line, which
+# the shim answers with POOL_PLACED (it promises the container a place) or POOL_FULL.
+POOL_PLACED = b"ok\n"
+POOL_FULL = b"full\n"
+MAX_POOL_LINE = 4096
+
+
+def reserve_line(container_id: str, limit: int) -> bytes:
+    return f"reserve {container_id} {limit}\n".encode()
+
+
+def parse_reserve(line: bytes) -> tuple[str, int] | None:
+    """(container id, limit) of a reserve line without its newline; None if it is not
+    one. (Container ids hold no spaces: containerd's identifiers are [A-Za-z0-9._-].)"""
+    words = line.decode(errors="replace").split(" ")
+    if len(words) != 3 or words[0] != "reserve" or not words[1] or not words[2].isdigit():
+        return None
+    return words[1], int(words[2])
+
+
 # -- the ``start`` side -------------------------------------------------------------
 
 
@@ -581,7 +601,7 @@ class _Pools:
     def place(self, request: Request) -> tuple[int, str] | None:
         """A pooled shim that promised ``request``'s container a place: (pid, address)."""
         shims = self._shims.get(self._key(request), [])
-        line = f"reserve {request.flags.id} {request.pool}\n".encode()
+        line = reserve_line(request.flags.id, request.pool)
         for shim in reversed(list(shims)):  # the newest is the likeliest to have room
             pid, channel, address = shim
             try:
@@ -595,9 +615,9 @@ class _Pools:
                     answer += chunk
             except OSError:
                 answer = b""
-            if answer == b"ok\n":
+            if answer == POOL_PLACED:
                 return pid, address
-            if answer != b"full\n":  # gone, or too slow to keep in step with
+            if answer != POOL_FULL:  # gone, or too slow to keep in step with
                 shims.remove(shim)
                 channel.close()
         return None

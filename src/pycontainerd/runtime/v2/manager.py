@@ -300,17 +300,10 @@ class ShimManager:
         except OSError as exc:
             logger.warning("task %s/%s: no ctr shim link: %s", bundle.namespace, bundle.id, exc)
 
-    def _remove_bundle(self, bundle: Bundle) -> None:
-        """The task's bundle and its ``ctr shim`` link go (in one trip to a thread)."""
-        self._unlink_for_ctr_shim(bundle)
-        try:
-            bundle.delete()
-        except OSError:
-            logger.exception("removing bundle %s", bundle.path)
-
-    async def _detach_bundle(self, bundle: Bundle) -> None:
-        """As ``_remove_bundle``, but the renamed directories' contents are removed in
-        the background: a deleted task's caller need not wait for a dozen unlinks."""
+    async def _remove_bundle(self, bundle: Bundle) -> None:
+        """The task's bundle and its ``ctr shim`` link go (in one trip to a thread); the
+        bundle's directories are renamed aside and their contents removed in the
+        background: a deleted task's caller need not wait for a dozen unlinks."""
 
         def detach() -> list[Path]:
             self._unlink_for_ctr_shim(bundle)
@@ -322,7 +315,9 @@ class ShimManager:
 
         detached = await asyncio.to_thread(detach)
         if detached:
-            self._removals.add(self._in_background(self._remove_detached(detached)))
+            removal = self._in_background(self._remove_detached(detached))
+            self._removals.add(removal)
+            removal.add_done_callback(self._removals.discard)
 
     @staticmethod
     async def _remove_detached(paths: list[Path]) -> None:
@@ -335,7 +330,6 @@ class ShimManager:
         task = asyncio.get_running_loop().create_task(job)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        task.add_done_callback(self._removals.discard)
         return task
 
     def _unlink_for_ctr_shim(self, bundle: Bundle) -> None:
@@ -354,7 +348,7 @@ class ShimManager:
                         await task.delete_process()
                     await task.shutdown()
                     await task.close()
-        await asyncio.to_thread(self._remove_bundle, bundle)
+        await self._remove_bundle(bundle)
 
     async def delete(self, id_: str) -> Exit:
         """Delete a stopped task, stop its shim and remove its bundle.
@@ -374,7 +368,7 @@ class ShimManager:
         self._tasks.pop(key, None)
         await task.shutdown()
         await task.close()
-        await self._detach_bundle(task.bundle)
+        await self._remove_bundle(task.bundle)
         if exit_ is None:
             assert shim_error is not None
             raise shim_error
@@ -393,7 +387,7 @@ class ShimManager:
             exit_ = await task.binary.delete()
         except (ContainerdError, OSError, TimeoutError) as exc:
             logger.warning("failed to clean up after shim %s/%s: %s", ns, id_, exc)
-        await asyncio.to_thread(self._remove_bundle, task.bundle)
+        await self._remove_bundle(task.bundle)
         if self._tasks.get((ns, id_)) is not task:
             return  # deleted on purpose meanwhile, or never listed
         del self._tasks[(ns, id_)]
