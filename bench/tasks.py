@@ -196,11 +196,6 @@ def pss_kib(pid: int) -> int:
     raise RuntimeError(f"no Pss for pid {pid}")
 
 
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
-
-
 def task_pids(t: Target, ids: Iterable[str]) -> dict[str, int]:
     """The init pid of each of the tasks ``ids`` that runs (``ctr task ls``)."""
     wanted = set(ids)
@@ -222,14 +217,14 @@ def zygote_pids(shims: Iterable[int]) -> list[int]:
     zygotes = set()
     for pid in shims:
         with contextlib.suppress(OSError):
-            parent = _parent(pid)
+            parent = harness.parent_pid(pid)
             if argvs.get(parent, [b""])[0] == zygote:
                 zygotes.add(parent)
     spares = set()
     for pid, argv in argvs.items():
         if argv[0] == spare:
             with contextlib.suppress(OSError):
-                if _parent(pid) in zygotes:
+                if harness.parent_pid(pid) in zygotes:
                     spares.add(pid)
     return sorted(zygotes | spares)
 
@@ -289,7 +284,7 @@ class Detached:
         growth = _status_kib(t.daemon.proc.pid, "VmRSS") - self._baseline_kib[t.name]
         pids = harness.shim_pids(t.daemon.address)
         tasks = task_pids(t, self.ids(rnd))
-        served = [cid for cid, pid in tasks.items() if _parent(pid) in pids]
+        served = [cid for cid, pid in tasks.items() if harness.parent_pid(pid) in pids]
         if len(served) != DETACHED:
             raise RuntimeError(f"{t.name}: shims found for {len(served)} of {DETACHED} tasks")
         if t.name == "pycontainerd":  # /run/containerd/s paths show in every mount namespace

@@ -179,6 +179,12 @@ def command_lines() -> Iterator[tuple[int, list[bytes]]]:
                 yield int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")
 
 
+def parent_pid(pid: int) -> int:
+    """Raises OSError when the process is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 def shim_pids(
     address: str | os.PathLike[str], container_id: str | None = None, program: str = ""
 ) -> list[int]:

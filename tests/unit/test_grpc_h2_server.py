@@ -167,6 +167,21 @@ class Watch:
 
         return handler
 
+    def draining(self) -> Callable[[AsyncIterator[bytes], Any], Awaitable[bytes]]:
+        """A client-streaming handler that reads until the end (or its cancellation)."""
+
+        async def handler(requests: AsyncIterator[bytes], context: Any) -> bytes:
+            self.started.set()
+            try:
+                async for _ in requests:
+                    pass
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+            return b""
+
+        return handler
+
 
 # -- a raw HTTP/2 client for what grpcio cannot be made to send -------------------------
 
@@ -694,20 +709,10 @@ async def test_client_cancel_cancels_handler(sock_dir: str) -> None:
         await context.write(b"first")
         await streaming.forever()(request, context)
 
-    async def upload_handler(requests: AsyncIterator[bytes], context: Any) -> bytes:
-        upload.started.set()
-        try:
-            async for _ in requests:
-                pass
-        except asyncio.CancelledError:
-            upload.cancelled.set()
-            raise
-        return b""
-
     handlers = {
         "/t.S/Forever": uu(unary.forever()),
         "/t.S/ForeverS": us(stream_handler),
-        "/t.S/Up": su(upload_handler),
+        "/t.S/Up": su(upload.draining()),
         "/t.S/Echo": uu(echo),
     }
     async with serving(sock_dir, handlers) as served, client(served) as ch:
@@ -1048,17 +1053,7 @@ async def test_garbage_connections_are_closed_and_server_survives(sock_dir: str)
 async def test_raw_client_disconnect_mid_call_cancels_handler(sock_dir: str) -> None:
     watch, upload = Watch(), Watch()
 
-    async def up(requests: AsyncIterator[bytes], context: Any) -> bytes:
-        upload.started.set()
-        try:
-            async for _ in requests:
-                pass
-        except asyncio.CancelledError:
-            upload.cancelled.set()
-            raise
-        return b""
-
-    handlers = {"/t.S/F": uu(watch.forever()), "/t.S/Up": su(up)}
+    handlers = {"/t.S/F": uu(watch.forever()), "/t.S/Up": su(upload.draining())}
     async with serving(sock_dir, handlers) as served:
         raw = await RawClient.connect(served.path)
         raw.request(1, "/t.S/F", grpc_message(b"x"))

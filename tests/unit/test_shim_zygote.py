@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pycontainerd import harness
 from pycontainerd.shim import zygote
 from pycontainerd.shim.address import Flags
 
@@ -71,15 +72,16 @@ def _wait_gone(pid: int, timeout: float = 20.0) -> None:
         os.waitpid(pid, 0)
 
 
+def _pids_shown_as(program: str, path: str) -> list[int]:
+    """Processes whose command line is ``program path`` (zygotes and spares show so)."""
+    shown = [program.encode(), path.encode()]
+    return [pid for pid, argv in harness.command_lines() if argv[:2] == shown]
+
+
 def _zygote_pid(path: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if argv[:2] == [b"containerd-shim-pyrunc-v2-zygote", path.encode()]:
-                return int(entry.name)
-    raise AssertionError(f"no zygote serving {path}")
+    found = _pids_shown_as(zygote.ZYGOTE_CMDLINE[0], path)
+    assert found, f"no zygote serving {path}"
+    return found[0]
 
 
 @pytest.fixture
@@ -126,8 +128,7 @@ def test_zygote_forks_a_serving_shim(root: Path) -> None:
     assert pid is not None
     try:
         zpid = _zygote_pid(zygote.zygote_path(str(root)))
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        assert int(stat[stat.rindex(")") + 2 :].split()[1]) == zpid  # forked by the zygote
+        assert harness.parent_pid(pid) == zpid  # forked by the zygote
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         assert cmdline == [w.encode() for w in request.argv]
         # The forked server answers ttrpc on the socket it was handed.
@@ -202,15 +203,7 @@ def test_zygote_runs_the_start_command(root: Path) -> None:
 
 
 def _spare_pids(path: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if argv[:2] == [zygote.SPARE_CMDLINE.encode(), path.encode()]:
-                found.append(int(entry.name))
-    return found
+    return _pids_shown_as(zygote.SPARE_CMDLINE, path)
 
 
 def _wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
@@ -222,18 +215,24 @@ def _wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
         select.select([], [], [], 0.02)
 
 
-def test_spare_server_takes_the_next_socket(root: Path) -> None:
-    """The zygote keeps one server forked ahead; a request gets it (same pid, now with
-    the container's command line, serving the socket), and a new spare follows."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+def _zygote_with_spare(root: Path) -> tuple[str, int, int]:
+    """A zygote started for ``root``, once its spare is forked: (its socket path, its
+    pid, the spare's pid)."""
     path = zygote.zygote_path(str(root))
     assert zygote._spawn(path)
     zpid = _zygote_pid(path)
     _wait_for(lambda: _spare_pids(path))
     (spare,) = _spare_pids(path)
-    stat = Path(f"/proc/{spare}/stat").read_text()
-    assert int(stat[stat.rindex(")") + 2 :].split()[1]) == zpid
+    return path, zpid, spare
+
+
+def test_spare_server_takes_the_next_socket(root: Path) -> None:
+    """The zygote keeps one server forked ahead; a request gets it (same pid, now with
+    the container's command line, serving the socket), and a new spare follows."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    path, zpid, spare = _zygote_with_spare(root)
+    assert harness.parent_pid(spare) == zpid
     # It prepares itself at the lowest priority, and gets the zygote's with a container.
     assert os.getpriority(os.PRIO_PROCESS, spare) == zygote.SPARE_PRIORITY
     bundle, request, pid = _ask_for_server(root)
@@ -262,11 +261,7 @@ def test_a_dead_spare_is_replaced_by_a_fork(root: Path) -> None:
     it would have saved: the request gets a freshly forked server."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    path = zygote.zygote_path(str(root))
-    assert zygote._spawn(path)
-    zpid = _zygote_pid(path)
-    _wait_for(lambda: _spare_pids(path))
-    (spare,) = _spare_pids(path)
+    path, zpid, spare = _zygote_with_spare(root)
     os.kill(spare, signal.SIGKILL)
     _wait_for(lambda: spare not in _spare_pids(path))
     bundle, _, pid = _ask_for_server(root)
@@ -336,3 +331,12 @@ def test_environment_is_adopted_by_difference(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(os, "environ", {"KEEP": "1", "CHANGE": "old", "DROP": "x"})
     zygote._adopt_environment({"KEEP": "1", "CHANGE": "new", "ADD": "a=b"})
     assert os.environ == {"KEEP": "1", "CHANGE": "new", "ADD": "a=b"}
+
+
+def test_reserve_lines_round_trip_and_garbage_is_refused() -> None:
+    line = zygote.reserve_line("c-1.x", 8)
+    assert line.endswith(b"\n")
+    assert zygote.parse_reserve(line[:-1]) == ("c-1.x", 8)
+    for garbage in (b"", b"reserve", b"reserve c1", b"reserve c1 -1", b"reserve  8",
+                    b"release c1 8", b"reserve c1 8 9", b"\xff\xfe 1 2"):  # fmt: skip
+        assert zygote.parse_reserve(garbage) is None
