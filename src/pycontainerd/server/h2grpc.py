@@ -21,7 +21,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -29,12 +28,18 @@ import grpc
 import grpc.aio
 
 from pycontainerd.sansio import http2
+from pycontainerd.sansio.grpc_messages import (
+    PREFIX,
+    CompressedMessage,
+    MessageReader,
+    MessageTooLarge,
+    encode_message,
+)
 
 logger = logging.getLogger(__name__)
 
 Lookup = Callable[[str], "grpc.RpcMethodHandler[Any, Any] | None"]
 
-_PREFIX = struct.Struct(">BI")
 _RESPONSE_HEADERS = b"\x88" + http2.literal_header_indexed_name(31, b"application/grpc")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # Request headers that are HTTP/2 or gRPC plumbing, not the caller's metadata.
@@ -150,7 +155,7 @@ class _Call:
         self.deadline_exceeded = False
         self.headers_sent = False
         self.finished = False
-        self._pending = bytearray()
+        self._reader = MessageReader(conn.server.max_recv)
         self._taken = 0  # request bytes handed to the handler
         self._acked = 0  # request bytes given back to the client's window
         self._messages: asyncio.Queue[bytes | None] | None = None
@@ -164,28 +169,15 @@ class _Call:
         """Message bytes from the client; starts the handler when it has what it needs."""
         if self.finished:
             return
-        if data:
-            self._pending += data
-        while len(self._pending) >= 5:
-            compressed, length = _PREFIX.unpack_from(self._pending)
-            limit = self.conn.server.max_recv
-            if length > limit:
-                self._refuse(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"grpc: received message larger than max ({length} vs. {limit})",
-                )
-                return
-            if compressed:
-                self._refuse(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    "grpc: compressed messages are not supported (no grpc-encoding offered)",
-                )
-                return
-            if len(self._pending) < 5 + length:
-                break
-            message = bytes(self._pending[5 : 5 + length])
-            del self._pending[: 5 + length]
-            self._message(message)
+        try:
+            for message in self._reader.feed(data):
+                self._message(message)
+        except MessageTooLarge as exc:
+            self._refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            return
+        except CompressedMessage as exc:
+            self._refuse(grpc.StatusCode.UNIMPLEMENTED, f"{exc} (no grpc-encoding offered)")
+            return
         self._open_window()
         if end:
             self._end_of_requests()
@@ -194,7 +186,7 @@ class _Call:
         """Give the client back what the handler took, and room for the message being
         received: whole messages waiting in the queue keep the stream's window shut,
         so a client streaming faster than its handler reads is held back."""
-        target = self._taken + len(self._pending)
+        target = self._taken + self._reader.buffered
         if target > self._acked:
             self.conn.h2.consumed(self.stream_id, target - self._acked)
             self._acked = target
@@ -204,7 +196,7 @@ class _Call:
             assert self._messages is not None
             self._messages.put_nowait(message)
         elif self._request is None:
-            self._taken += len(message) + 5
+            self._taken += len(message) + PREFIX.size
             self._request = message
         else:
             self._refuse(grpc.StatusCode.INTERNAL, "grpc: a unary call got two request messages")
@@ -212,7 +204,7 @@ class _Call:
     def _end_of_requests(self) -> None:
         if self.finished:
             return
-        if self._pending:
+        if self._reader.buffered:
             self._refuse(grpc.StatusCode.INTERNAL, "grpc: the request ended inside a message")
         elif self._streaming_request:
             assert self._messages is not None
@@ -241,7 +233,7 @@ class _Call:
             message = await self._messages.get()
             if message is None:
                 return
-            self._taken += len(message) + 5
+            self._taken += len(message) + PREFIX.size
             self._open_window()
             self.conn.flush()
             yield deserialize(message) if deserialize else message
@@ -265,7 +257,7 @@ class _Call:
             raise asyncio.CancelledError()
         self._check_size(data)
         self.send_headers()
-        view = memoryview(_PREFIX.pack(0, len(data)) + data)
+        view = memoryview(encode_message(data))
         while view:
             sent = self.conn.h2.send_data(self.stream_id, view)
             view = view[sent:]
@@ -354,7 +346,7 @@ class _Call:
         """Headers, the message and trailers in one write when the windows allow."""
         self._check_size(data)
         h2 = self.conn.h2
-        payload = _PREFIX.pack(0, len(data)) + data
+        payload = encode_message(data)
         if not self.headers_sent and h2.send_window(self.stream_id) >= len(payload):
             self.headers_sent = True
             h2.send_headers(self.stream_id, _RESPONSE_HEADERS)
